@@ -1,0 +1,6 @@
+"""ProtRNA in PyTorch: the ESM-2-derived RNA language model, its structure head and tools."""
+
+__version__ = "0.1.0"
+
+from .alphabet import Alphabet, BatchConverter  # noqa: E402
+from .model import ProtRNA, ProtRNAConfig  # noqa: E402

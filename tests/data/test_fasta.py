@@ -1,0 +1,55 @@
+import gzip
+
+import pytest
+
+from protrna.data.fasta import FastaFormatError, read_fasta
+
+
+def test_multiline_records_descriptions_and_blank_lines(tmp_path):
+    path = tmp_path / "x.fa"
+    path.write_text(">a first one\nACGU\nGG UU\n\n>b\r\nAAA\r\n>empty\n")
+    records = list(read_fasta(path))
+    assert [(r.id, r.sequence, r.description) for r in records] == [
+        ("a", "ACGUGGUU", "first one"), ("b", "AAA", ""), ("empty", "", "")]
+    assert records[1].line == 5
+
+
+def test_gzip(tmp_path):
+    path = tmp_path / "x.fa.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write(">r\nAC\nGU\n")
+    assert [r.sequence for r in read_fasta(path)] == ["ACGU"]
+
+
+def test_text_before_header_names_the_line(tmp_path):
+    path = tmp_path / "bad.fa"
+    path.write_text("\nACGU\n>r\nAC\n")
+    with pytest.raises(FastaFormatError, match="line 2"):
+        list(read_fasta(path))
+
+
+def test_binary_file_is_refused(tmp_path):
+    path = tmp_path / "bin.fa"
+    path.write_bytes(b">r\n\xff\xfe\x00\x01\n")
+    with pytest.raises(FastaFormatError, match="not a text file"):
+        list(read_fasta(path))
+
+
+def test_dbn_records_keep_the_structure_apart(data_dir):
+    records = list(read_fasta(data_dir / "bprna" / "TS0.dbn"))
+    assert len(records) == 1305
+    assert all(r.structure is not None and len(r.structure) == len(r.sequence) for r in records)
+    assert records[0].id == "bpRNA_CRW_15573"
+
+
+def test_gapped_sequence_is_not_taken_for_a_structure(tmp_path):
+    path = tmp_path / "gap.fa"
+    path.write_text(">r\nACGU\n..ACGU\n")
+    (record,) = read_fasta(path)
+    assert record.sequence == "ACGU..ACGU" and record.structure is None
+
+
+def test_real_fasta(data_dir):
+    records = list(read_fasta(data_dir / "ncrna" / "dataset_nRC_test.fasta"))
+    assert len(records) == 2529
+    assert all(set(r.sequence) <= set("ACGTN") for r in records)
