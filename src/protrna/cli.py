@@ -1,0 +1,57 @@
+"""The ``protrna`` command line: a thin layer over the jobs, which are callable from Python too.
+
+Each job module defines ``add_parser(subparsers)``, which registers its sub-command and sets
+``func`` (taking the parsed arguments) as the parser default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+
+# Sub-command modules, in the order ``protrna --help`` lists them.
+COMMAND_MODULES = (
+    "protrna.embed",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="protrna",
+        description="ProtRNA: an RNA language model transferred from ESM-2, in PyTorch.",
+    )
+    parser.add_argument("--version", action="version", version=f"protrna {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging details")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, OSError) as error:
+        # Input problems get one clear line, not a traceback; --verbose shows the traceback.
+        if args.verbose:
+            raise
+        print(f"protrna {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"protrna {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
