@@ -83,6 +83,20 @@ class Alphabet:
     def to_dict(self) -> dict[str, int]:
         return dict(self.tok_to_idx)
 
+    def pad_batch(self, encoded: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Add BOS/EOS to each id list and right-pad them into one (B, T) ``LongTensor``.
+
+        >>> Alphabet().pad_batch([[33, 34], [35]]).tolist()
+        [[0, 33, 34, 2], [0, 35, 2, 1]]
+        """
+        width = max(len(ids) for ids in encoded) + 2
+        tokens = torch.full((len(encoded), width), self.padding_idx, dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            tokens[row, 0] = self.cls_idx
+            tokens[row, 1 : len(ids) + 1] = torch.as_tensor(ids, dtype=torch.long)
+            tokens[row, len(ids) + 1] = self.eos_idx
+        return tokens
+
     def get_batch_converter(self, truncation_seq_length: int | None = None) -> "BatchConverter":
         """A callable turning a list of RNA strings into a padded ``LongTensor`` of ids."""
         return BatchConverter(self, truncation_seq_length)
@@ -153,13 +167,7 @@ class BatchConverter:
                 warnings.warn(f"sequence {name!r} truncated from {len(ids)} to {limit} nt", stacklevel=2)
                 ids = ids[:limit]
             encoded.append(ids)
-        width = max(len(ids) for ids in encoded) + 2
-        tokens = torch.full((len(encoded), width), self.alphabet.padding_idx, dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            tokens[row, 0] = self.alphabet.cls_idx
-            tokens[row, 1 : len(ids) + 1] = torch.tensor(ids, dtype=torch.long)
-            tokens[row, len(ids) + 1] = self.alphabet.eos_idx
-        return tokens
+        return self.alphabet.pad_batch(encoded)
 
 
 _DEFAULT_ALPHABET = Alphabet()

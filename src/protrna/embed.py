@@ -1,0 +1,404 @@
+"""``protrna embed``: language-model representations of every RNA in a FASTA file, into HDF5.
+
+Output layout (one file; N records in input order, skipped records left out)::
+
+    /ids                (N,)    utf-8 record ids
+    /lengths            (N,)    nucleotides per record
+    /offsets            (N+1,)  record i owns rows offsets[i]:offsets[i+1] of /per_tok/<layer>
+    /mean/<layer>       (N, D)  mean over nucleotides (BOS/EOS excluded, as ESM's extract)
+    /per_tok/<layer>    (sum of lengths, D)  one row per nucleotide, records concatenated
+    /bos/<layer>        (N, D)  the BOS (<cls>) vector
+    /done               (N,)    1 once a record's rows are written (resume bookkeeping)
+    attributes: model, dtype, layers, include, window, overlap, protrna_version, complete
+
+The run writes ``OUT.partial`` and renames it to ``OUT`` when every record is in, so a file at
+the output path is always complete. All datasets are allocated in full before the first batch and
+never resized, so a killed run leaves a readable ``OUT.partial`` in which every record marked done
+is intact; rerunning the same command resumes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .alphabet import encode_rna
+from .data.fasta import FastaRecord, read_fasta
+from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
+from .model import ProtRNA
+
+log = logging.getLogger(__name__)
+
+INCLUDE_CHOICES = ("mean", "per_tok", "bos")
+DEFAULT_MODEL = "ProtRNA_pretrained"
+#: Records read, sorted and batched together; bounds memory on very large files.
+CHUNK_RECORDS = 20_000
+
+
+class InvalidRecordError(ValueError):
+    """A FASTA record cannot be embedded; the message names the file, record and problem."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordIndex:
+    """What the first pass learns about the valid records of a FASTA file."""
+
+    ids: list[str]
+    lengths: list[int]
+    skipped: int
+
+    @property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
+
+
+def scan_records(path: str | Path, skip_invalid: bool = False) -> RecordIndex:
+    """Validate every record of ``path`` (duplicate ids, empty, non-nucleotide letters).
+
+    Invalid records raise :class:`InvalidRecordError`, or with ``skip_invalid`` are logged and
+    left out. Only ids and lengths are kept, so any file size works.
+    """
+    ids: list[str] = []
+    lengths: list[int] = []
+    skipped = 0
+    for record, problem in checked_records(path):
+        if problem:
+            message = f"{path}, record {record.id!r} (line {record.line}): {problem}"
+            if not skip_invalid:
+                raise InvalidRecordError(message + "; fix it or pass --skip-invalid to leave it out")
+            log.warning("skipped %s", message)
+            skipped += 1
+            continue
+        ids.append(record.id)
+        lengths.append(len(record.sequence))
+    if not ids:
+        raise InvalidRecordError(f"{path}: no records to embed")
+    return RecordIndex(ids, lengths, skipped)
+
+
+def checked_records(path: str | Path) -> Iterator[tuple[FastaRecord, str | None]]:
+    """Each record of ``path`` with what is wrong with it (``None`` if it can be embedded)."""
+    first_line: dict[str, int] = {}
+    for record in read_fasta(path):
+        problem = None
+        if not record.id:
+            problem = "the header has no id"
+        elif record.id in first_line:
+            problem = f"duplicate id (first seen at line {first_line[record.id]})"
+        elif not record.sequence:
+            problem = "empty sequence"
+        else:
+            try:
+                encode_rna(record.sequence, record.id)
+            except ValueError as error:
+                problem = str(error)
+        if problem is None:
+            first_line[record.id] = record.line
+        yield record, problem
+
+
+def _valid_records(path: Path, index: RecordIndex) -> Iterator[FastaRecord]:
+    """The records of ``path`` that :func:`scan_records` kept, in order."""
+    position = 0
+    for record, problem in checked_records(path):
+        if problem:
+            continue
+        if position >= len(index.ids) or record.id != index.ids[position]:
+            raise InvalidRecordError(f"{path} changed while it was being embedded (at record {record.id!r})")
+        position += 1
+        yield record
+
+
+def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
+    """ESM convention: negative layers count from the end (-1 = last); default = last layer.
+
+    >>> resolve_layers([-1, 0, 12], 33)
+    [0, 12, 33]
+    """
+    if not layers:
+        return [num_layers]
+    resolved = set()
+    for layer in layers:
+        if not -(num_layers + 1) <= layer <= num_layers:
+            raise ValueError(f"layer {layer} does not exist; the model has layers 0..{num_layers}")
+        resolved.add(layer % (num_layers + 1))
+    return sorted(resolved)
+
+
+class EmbeddingStore:
+    """The HDF5 output file, created complete-sized up front so resumption is always safe."""
+
+    def __init__(self, h5: h5py.File):
+        self.h5 = h5
+
+    @classmethod
+    def open(cls, path: Path, index: RecordIndex, layers: list[int], include: list[str], dim: int,
+             settings: dict) -> "EmbeddingStore":
+        if path.exists():
+            store = cls(h5py.File(path, "r+"))
+            store._check_matches(path, index, layers, include, settings)
+            return store
+        h5 = h5py.File(path, "w")
+        string = h5py.string_dtype("utf-8")
+        h5.create_dataset("ids", data=np.array(index.ids, dtype=object), dtype=string)
+        h5.create_dataset("lengths", data=np.asarray(index.lengths, dtype=np.int64))
+        h5.create_dataset("offsets", data=index.offsets)
+        rows = {"mean": len(index.ids), "per_tok": int(index.offsets[-1]), "bos": len(index.ids)}
+        for kind in include:
+            for layer in layers:
+                _allocate(h5, f"{kind}/{layer}", (rows[kind], dim))
+        _allocate(h5, "done", (len(index.ids),), dtype=np.uint8)
+        for key, value in settings.items():
+            h5.attrs[key] = value
+        h5.attrs["layers"] = np.asarray(layers, dtype=np.int64)
+        h5.attrs["include"] = ",".join(include)
+        h5.attrs["complete"] = False
+        h5.flush()
+        return cls(h5)
+
+    def _check_matches(self, path: Path, index: RecordIndex, layers: list[int], include: list[str],
+                       settings: dict) -> None:
+        h5 = self.h5
+        found = {key: h5.attrs.get(key) for key in settings}
+        found["layers"] = list(h5.attrs.get("layers", []))
+        found["include"] = h5.attrs.get("include")
+        wanted = dict(settings, layers=layers, include=",".join(include))
+        differing = [k for k in wanted if _plain(found[k]) != _plain(wanted[k])]
+        same_records = (
+            "ids" in h5 and h5["ids"].shape[0] == len(index.ids)
+            and [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]] == index.ids
+            and np.array_equal(h5["lengths"][:], index.lengths)
+        )
+        if differing or not same_records:
+            what = ", ".join(f"{k} (file: {found[k]!r}, now: {wanted[k]!r})" for k in differing)
+            what = what or "the input records"
+            h5.close()
+            raise FileExistsError(
+                f"{path} was started with different settings: {what}. Remove it or choose another "
+                "output to start over; rerun with the original settings to resume."
+            )
+
+    def pending(self) -> np.ndarray:
+        return ~self.h5["done"][:].astype(bool)
+
+    def write(self, index: int, offsets: np.ndarray, encoded, include: list[str]) -> None:
+        for layer, values in encoded.per_token.items():
+            if "per_tok" in include:
+                self.h5[f"per_tok/{layer}"][offsets[index] : offsets[index + 1]] = values.numpy()
+            if "mean" in include:
+                self.h5[f"mean/{layer}"][index] = values.mean(0).numpy()
+            if "bos" in include:
+                self.h5[f"bos/{layer}"][index] = encoded.bos[layer].numpy()
+
+    def mark_done(self, indices: Iterable[int]) -> None:
+        # Data first, then the flags: a record is marked only once its rows are on disk.
+        self.h5.flush()
+        done = self.h5["done"]
+        for i in sorted(indices):
+            done[i] = 1
+        self.h5.flush()
+
+    def close(self, complete: bool) -> None:
+        self.h5.attrs["complete"] = complete
+        self.h5.close()
+
+
+def _plain(value):
+    if isinstance(value, np.ndarray):
+        return [int(v) for v in value.tolist()]
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    return value
+
+
+def _allocate(h5: h5py.File, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
+    """A contiguous dataset whose space is reserved now, so later writes touch no metadata."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    h5.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
+
+
+def embed_fasta(
+    fasta: str | Path,
+    output: str | Path,
+    model: ProtRNA | str = DEFAULT_MODEL,
+    *,
+    layers: Sequence[int] | None = None,
+    include: Sequence[str] = ("mean",),
+    dtype: str | None = None,
+    device: str | None = None,
+    max_tokens: int | None = None,
+    window_overlap: int = DEFAULT_OVERLAP,
+    skip_invalid: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Embed every record of ``fasta`` into the HDF5 file ``output`` and return its path.
+
+    ``model`` is a :class:`ProtRNA` or anything :func:`protrna.load_pretrained_model` accepts.
+    Rerunning with the same arguments resumes an interrupted run; a finished file is left alone.
+    """
+    fasta, output = Path(fasta), Path(output)
+    include = list(dict.fromkeys(include))
+    unknown = [k for k in include if k not in INCLUDE_CHOICES]
+    if unknown or not include:
+        raise ValueError(f"--include takes {', '.join(INCLUDE_CHOICES)}; got {include}")
+    if not fasta.is_file():
+        raise FileNotFoundError(f"input {fasta} does not exist")
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    index = scan_records(fasta, skip_invalid)
+    model = prepare_model(model, dtype, device)
+    layers = resolve_layers(layers, model.num_layers)
+    max_tokens = max_tokens or default_max_tokens(model.device)
+    settings = {
+        "model": getattr(model, "source", "in-memory model"),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "window": MAX_RESIDUES,
+        "overlap": window_overlap,
+        "protrna_version": __version__,
+    }
+    if output.exists():
+        with h5py.File(output, "r") as done_file:
+            if done_file.attrs.get("complete"):
+                EmbeddingStore(done_file)._check_matches(output, index, layers, include, settings)
+                log.info("%s is complete already; nothing to do", output)
+                return output
+    partial = output.with_name(output.name + ".partial")
+    store = EmbeddingStore.open(partial, index, layers, include, model.embed_dim, settings)
+    complete = False
+    try:
+        pending = store.pending()
+        if pending.sum() < len(pending):
+            log.info("resuming %s: %d of %d records already embedded", partial, (~pending).sum(), len(pending))
+        offsets = index.offsets
+        encoder = WindowedEncoder(model, layers, max_tokens=max_tokens, overlap=window_overlap)
+        bar = tqdm(total=len(pending), initial=int((~pending).sum()), unit="seq", disable=not progress,
+                   desc="embed", dynamic_ncols=True)
+        with bar:
+            for chunk_start, chunk in _pending_chunks(_valid_records(fasta, index), pending):
+                finished = []
+                for encoded in encoder.encode(chunk, first_index=chunk_start):
+                    store.write(encoded.index, offsets, encoded, include)
+                    finished.append(encoded.index)
+                    # Flag records in small groups so a kill loses little work.
+                    if len(finished) >= 64:
+                        store.mark_done(finished)
+                        bar.update(len(finished))
+                        finished = []
+                store.mark_done(finished)
+                bar.update(len(finished))
+        complete = bool(store.h5["done"][:].all())
+    finally:
+        store.close(complete)
+    if complete:
+        os.replace(partial, output)
+        log.info("wrote %s (%d records%s)", output, len(index.ids),
+                 f", {index.skipped} invalid skipped" if index.skipped else "")
+    return output
+
+
+def _pending_chunks(records: Iterator[FastaRecord], pending: np.ndarray):
+    """Chunks of ``(id, sequence)`` still to embed, each with the file index of its first entry.
+
+    Within a chunk, entries are consecutive in the file except where done records were skipped,
+    so each chunk is split at such gaps to keep ``first_index + position`` exact.
+    """
+    chunk: list[tuple[str, str]] = []
+    start = 0
+    for position, record in enumerate(records):
+        if not pending[position]:
+            if chunk:
+                yield start, chunk
+                chunk = []
+            continue
+        if not chunk:
+            start = position
+        chunk.append((record.id, record.sequence))
+        if len(chunk) >= CHUNK_RECORDS:
+            yield start, chunk
+            chunk = []
+    if chunk:
+        yield start, chunk
+
+
+def default_max_tokens(device: torch.device) -> int:
+    """Token budget per batch: larger batches only pay off on a GPU."""
+    return 16_384 if device.type == "cuda" else 4_096
+
+
+def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | None = None) -> ProtRNA:
+    """Load ``model`` if it is a name or path, then move it to ``device`` and cast to ``dtype``.
+
+    A loaded model goes to CUDA when present and float32 unless told otherwise; an in-memory
+    model keeps its device and dtype unless ``device`` / ``dtype`` are given (``.to`` changes the
+    caller's model in place).
+    """
+    torch_dtype = None
+    if dtype is not None:
+        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
+        if torch_dtype is None:
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
+    if isinstance(model, (str, Path)):
+        from .pretrained import load_pretrained_model
+
+        source = str(model)
+        model = load_pretrained_model(source)
+        if not isinstance(model, ProtRNA):
+            raise ValueError(f"{source} is not a language model (it loads as {type(model).__name__})")
+        model.source = source
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = torch_dtype or torch.float32
+    target = torch.device(device) if device else model.device
+    if torch_dtype is torch.float16 and target.type == "cpu":
+        raise ValueError("float16 is for GPUs; on CPU use bfloat16")
+    return model.to(device=target, dtype=torch_dtype or model.dtype).eval()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "embed",
+        help="language-model embeddings of a FASTA file, into HDF5",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: protrna embed rnas.fa --output rnas.h5 --include mean per_tok --layers -1 12",
+    )
+    parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too)")
+    parser.add_argument("--output", "-o", type=Path, required=True, help="HDF5 file to write")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="official name, original .h5, or saved directory (default: %(default)s)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None,
+                        help="layers to keep; negative counts from the end (default: last)")
+    parser.add_argument("--include", nargs="+", default=["mean"], choices=INCLUDE_CHOICES,
+                        help="what to store per layer (default: mean)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="compute precision; results are stored as float32 (default: %(default)s; "
+                        "bfloat16 is several times faster on CPUs with AVX-512 BF16 and on GPUs)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="token budget per batch (default: 4096 on CPU, 16384 on GPU)")
+    parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
+                        help="overlap of the 510-nt windows covering longer RNAs (default: %(default)s)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave out (and log) empty, duplicate or non-RNA records instead of stopping")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = embed_fasta(
+        args.input, args.output, args.model, layers=args.layers, include=args.include,
+        dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
+        window_overlap=args.window_overlap, skip_invalid=args.skip_invalid, progress=not args.quiet,
+    )
+    print(path)
+    return 0
