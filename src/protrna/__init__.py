@@ -4,3 +4,4 @@ __version__ = "0.1.0"
 
 from .alphabet import Alphabet, BatchConverter  # noqa: E402
 from .model import ProtRNA, ProtRNAConfig  # noqa: E402
+from .pretrained import load_pretrained_model  # noqa: E402

@@ -16,6 +16,8 @@ from . import __version__
 # Sub-command modules, in the order ``protrna --help`` lists them.
 COMMAND_MODULES = (
     "protrna.embed",
+    "protrna.weights.cli",
+    "protrna.train.pretrain",
 )
 
 

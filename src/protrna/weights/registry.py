@@ -1,0 +1,137 @@
+"""The official ProtRNA weights and where this package keeps them on disk.
+
+Cache layout (the root is ``$PROTRNA_HOME``, else ``$XDG_CACHE_HOME/protrna``, else
+``~/.cache/protrna``)::
+
+    <root>/downloads/ProtRNA_pretrained.h5      original Keras files, as published
+    <root>/downloads/zenodo-13888473.json       the Zenodo record (md5 and size of each file)
+    <root>/models/ProtRNA_pretrained/           converted copy, written by ``save_pretrained``
+    <root>/locks/                               lock files, so parallel jobs download only once
+
+A file in ``downloads/`` is only ever complete (partial downloads are ``<file>.part``), and a
+directory in ``models/`` appears in one ``os.replace`` once fully written, so anything found under
+those names can be used as is.
+
+Environment variables: ``PROTRNA_HOME`` (cache root), ``PROTRNA_ZENODO_URL`` (Zenodo, or a mirror
+with the same URL layout; the tests point it at a server on loopback), ``PROTRNA_OFFLINE=1``
+(never touch the network).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Literal
+
+#: Where the files are published, unless ``PROTRNA_ZENODO_URL`` says otherwise.
+ZENODO_URL = "https://zenodo.org"
+
+WeightsKind = Literal["lm", "ss_head"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OfficialWeights:
+    """One published weight file.
+
+    >>> weights = OFFICIAL_WEIGHTS["ssHead_RF_bprna"]
+    >>> weights.kind, weights.filename
+    ('ss_head', 'ssHead_RF_bprna.h5')
+    """
+
+    name: str
+    record: str  # Zenodo record id
+    filename: str
+    kind: WeightsKind
+    approx_size: str  # for messages only; the exact size comes from the record
+    description: str
+
+    @property
+    def url(self) -> str:
+        """Download URL of the file (under ``PROTRNA_ZENODO_URL`` when set)."""
+        return f"{zenodo_url()}/records/{self.record}/files/{self.filename}"
+
+    @property
+    def download_path(self) -> Path:
+        """Where the original file goes (and where a file downloaded by hand is looked for)."""
+        return downloads_dir() / self.filename
+
+    @property
+    def converted_dir(self) -> Path:
+        """Where the converted ``save_pretrained`` directory goes."""
+        return models_dir() / self.name
+
+
+OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
+    w.name: w
+    for w in (
+        OfficialWeights(
+            name="ProtRNA_pretrained",
+            record="13888473",
+            filename="ProtRNA_pretrained.h5",
+            kind="lm",
+            approx_size="2.6 GB",
+            description="the ProtRNA language model (ESM-2 650M shape, 38 tokens)",
+        ),
+        OfficialWeights(
+            name="ssHead_RF_bprna",
+            record="13888473",
+            filename="ssHead_RF_bprna.h5",
+            kind="ss_head",
+            approx_size="75 MB",
+            description="the RotaFormer secondary-structure head trained on bpRNA-1m",
+        ),
+    )
+}
+
+
+def get_official(name: str) -> OfficialWeights:
+    """The registry entry called ``name``; the error lists the names there are."""
+    try:
+        return OFFICIAL_WEIGHTS[name]
+    except KeyError:
+        raise ValueError(
+            f"no official weights called {name!r}; known names: {', '.join(OFFICIAL_WEIGHTS)}"
+        ) from None
+
+
+def cache_root() -> Path:
+    """Root of the weight cache: ``$PROTRNA_HOME``, ``$XDG_CACHE_HOME/protrna`` or
+    ``~/.cache/protrna``."""
+    if os.environ.get("PROTRNA_HOME"):
+        return Path(os.environ["PROTRNA_HOME"]).expanduser()
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "protrna"
+    return Path.home() / ".cache" / "protrna"
+
+
+def downloads_dir() -> Path:
+    return cache_root() / "downloads"
+
+
+def models_dir() -> Path:
+    return cache_root() / "models"
+
+
+def locks_dir() -> Path:
+    return cache_root() / "locks"
+
+
+def zenodo_url() -> str:
+    """Base URL of Zenodo, or of the mirror named by ``PROTRNA_ZENODO_URL``."""
+    return (os.environ.get("PROTRNA_ZENODO_URL") or ZENODO_URL).rstrip("/")
+
+
+def record_api_url(record: str) -> str:
+    """URL of a record's JSON, which lists each file's ``key``, ``size`` and md5 ``checksum``."""
+    return f"{zenodo_url()}/api/records/{record}"
+
+
+def record_json_path(record: str) -> Path:
+    """Cached copy of a record's JSON, kept beside the downloads so later runs need no network."""
+    return downloads_dir() / f"zenodo-{record}.json"
+
+
+def offline() -> bool:
+    """True when ``PROTRNA_OFFLINE`` is set to 1 / true / yes / on."""
+    return os.environ.get("PROTRNA_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
