@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .alphabet import encode_rna
+from .cpu import pack_for_cpu_inference
 from .data.fasta import FastaRecord, read_fasta
 from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
 from .model import ProtRNA
@@ -258,9 +259,14 @@ def embed_fasta(
     output.parent.mkdir(parents=True, exist_ok=True)
 
     index = scan_records(fasta, skip_invalid)
+    owned = isinstance(model, (str, Path))
     model = prepare_model(model, dtype, device)
     layers = resolve_layers(layers, model.num_layers)
     max_tokens = max_tokens or default_max_tokens(model.device)
+    # A model we loaded is ours to change for good; a caller's model gets its layers back.
+    unpack = pack_for_cpu_inference(model, rows_hint=max_tokens)
+    if owned:
+        unpack = None
     settings = {
         "model": getattr(model, "source", "in-memory model"),
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -301,6 +307,8 @@ def embed_fasta(
         complete = bool(store.h5["done"][:].all())
     finally:
         store.close(complete)
+        if unpack:
+            unpack()
     if complete:
         os.replace(partial, output)
         log.info("wrote %s (%d records%s)", output, len(index.ids),

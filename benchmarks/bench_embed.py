@@ -1,0 +1,169 @@
+"""Language-model throughput: ``protrna embed``'s path against plain ``transformers``.
+
+Builds the full ESM-2 650M architecture with the ProtRNA vocabulary and random weights (speed
+does not depend on the values), saves it once, then measures each variant in a fresh process so
+peak memory is its own:
+
+* ``hf-fp32``: ``EsmForMaskedLM.from_pretrained`` as a Hugging Face user would run it (fp32, SDPA);
+* ``protrna-fp32`` / ``protrna-bf16``: the embed path (``WindowedEncoder``, oneDNN-packed linears
+  on CPU, bf16 weights for the latter);
+* ``load``: seconds to load the saved model with ``protrna.load_pretrained_model``.
+
+Throughput is tokens per second (BOS/EOS included, padding excluded) over ``--batch`` sequences
+of ``--length`` nt, best of ``--repeats`` after a warm-up. The original TF code was measured at
+262 tokens/s for batch 8 x 152 tokens on the reference 2-core CPU (REFERENCE.md section 7).
+
+    python benchmarks/bench_embed.py                      # markdown table on stdout
+    python benchmarks/bench_embed.py --variants protrna-bf16 --layers 4   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("load", "hf-fp32", "protrna-fp32", "protrna-bf16")
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def random_sequences(batch: int, length: int, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return ["".join(rng.choice("ACGU") for _ in range(length)) for _ in range(batch)]
+
+
+def build_model(directory: Path, layers: int) -> Path:
+    import torch
+
+    from protrna import ProtRNA, ProtRNAConfig
+
+    marker = directory / "config.json"
+    if not marker.exists():
+        torch.manual_seed(0)
+        ProtRNA(ProtRNAConfig(num_layers=layers)).save_pretrained(directory)
+    return directory
+
+
+def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int) -> dict:
+    """Runs inside the child process."""
+    import torch
+
+    sequences = random_sequences(batch, length)
+    tokens_per_batch = batch * (length + 2)
+    result: dict = {"variant": variant}
+    if variant == "load":
+        from protrna import load_pretrained_model
+
+        start = time.perf_counter()
+        load_pretrained_model(str(model_dir))
+        result["seconds"] = time.perf_counter() - start
+    elif variant == "hf-fp32":
+        from transformers import EsmForMaskedLM
+
+        from protrna.alphabet import Alphabet
+
+        model = EsmForMaskedLM.from_pretrained(str(model_dir)).eval()
+        tokens = Alphabet().get_batch_converter()(sequences)
+
+        def step():
+            with torch.inference_mode():
+                model(input_ids=tokens, attention_mask=tokens.ne(1).long(), output_hidden_states=False)
+
+        result.update(_time(step, repeats, tokens_per_batch))
+    else:
+        from protrna.cpu import pack_for_cpu_inference
+        from protrna.embed import prepare_model
+        from protrna.inference import WindowedEncoder
+
+        dtype = variant.split("-")[1].replace("bf16", "bfloat16").replace("fp32", "float32")
+        model = prepare_model(str(model_dir), dtype=dtype)
+        pack_for_cpu_inference(model, rows_hint=tokens_per_batch)
+        encoder = WindowedEncoder(model, [model.num_layers], max_tokens=tokens_per_batch)
+        records = [(f"s{i}", s) for i, s in enumerate(sequences)]
+
+        def step():
+            for _ in encoder.encode(records):
+                pass
+
+        result.update(_time(step, repeats, tokens_per_batch))
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return result
+
+
+def _time(step, repeats: int, tokens: int) -> dict:
+    step()  # warm-up: allocations, oneDNN kernel selection
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        best = min(best, time.perf_counter() - start)
+    return {"seconds": best, "tokens_per_s": tokens / best}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--layers", type=int, default=33, help="transformer blocks (33 = ProtRNA 650M)")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=150, help="nucleotides per sequence")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "protrna-bench")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    model_dir = args.workdir / f"esm2-{args.layers}layers-random"
+    if args.child:
+        print(json.dumps(measure(args.child[0], model_dir, args.batch, args.length, args.repeats)))
+        return
+
+    build_model(model_dir, args.layers)
+    rows = []
+    for variant in args.variants:
+        command = [sys.executable, __file__, "--child", variant, "--layers", str(args.layers),
+                   "--batch", str(args.batch), "--length", str(args.length),
+                   "--repeats", str(args.repeats), "--workdir", str(args.workdir)]
+        output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+        rows.append(json.loads(output.strip().splitlines()[-1]))
+        print(f"# {variant}: {rows[-1]}", file=sys.stderr)
+
+    base = next((r["tokens_per_s"] for r in rows if r["variant"] == "hf-fp32"), None)
+    print(f"Hardware: {hardware()}")
+    print(f"Model: {args.layers} blocks x 1280 (ESM-2 650M shape), batch {args.batch} x {args.length + 2} tokens\n")
+    print("| variant | tokens/s | vs hf-fp32 | seconds | peak RSS (GB) |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        speed = r.get("tokens_per_s")
+        ratio = f"{speed / base:.2f}x" if speed and base else ""
+        print(f"| {r['variant']} | {speed:.0f} | {ratio} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} |"
+              if speed else f"| {r['variant']} | | | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware(), "args": vars(args) | {"workdir": str(args.workdir),
+                                         "json": str(args.json)}, "results": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
