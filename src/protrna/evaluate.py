@@ -1,0 +1,233 @@
+"""Scoring predicted structures against a reference set: per-sequence table, summary, printout.
+
+This is the scoring layer of ``protrna evaluate``. Predictions are matched to reference records
+by id and may be :class:`~protrna.structure.StructureRecord` (read from a ``.dbn`` file, as
+``protrna fold`` writes them; their sequence is checked against the reference),
+:class:`~protrna.structure.BasePairs`, or thresholded ``(L, L)`` matrices (what the original
+protocol scores, several partners per base included). Metrics: :mod:`protrna.metrics`.
+
+>>> from protrna.structure import BasePairs, StructureRecord
+>>> reference = [StructureRecord("r1", "GGGAAACCC", BasePairs.from_dot_bracket("(((...)))"))]
+>>> predicted = {"r1": BasePairs.from_dot_bracket("((.....))")}
+>>> result = score_predictions(reference, predicted, predictor="toy")
+>>> print(format_table([result]))
+predictor  n  f1      mcc     precision  recall  accuracy  f1_shifted
+toy        1  0.8000  0.8044  1.0000     0.6667  0.9722    0.8000
+f1: strict F1; f1_shifted: F1 allowing a one-base shift (RiNALMo); means over sequences
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence, Union
+
+import numpy as np
+
+from .metrics import METRICS, mean_scores, score
+from .structure import BasePairs, StructureError, StructureRecord, read_reference
+
+logger = logging.getLogger(__name__)
+
+#: What the scores mean, stored with every summary.
+PROTOCOL = (
+    "ProtRNA test_downstream_ss.py: strict f1/mcc/precision/recall/accuracy over the strictly "
+    "lower triangle (scikit-learn definitions, 0 where undefined); f1_shifted as RiNALMo "
+    "(one-base shift allowed, upper triangle); plain means over sequences"
+)
+
+Prediction = Union[StructureRecord, BasePairs, np.ndarray]
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Scores of one predictor on one reference set.
+
+    ``rows`` holds one dict per scored sequence (``id``, ``length`` and the six metrics), in
+    reference order; ``missing`` lists reference ids without a prediction, ``unmatched``
+    prediction ids that are not in the reference.
+    """
+
+    predictor: str
+    rows: list[dict]
+    missing: list[str] = dataclasses.field(default_factory=list)
+    unmatched: list[str] = dataclasses.field(default_factory=list)
+    settings: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    @property
+    def means(self) -> dict[str, float]:
+        return mean_scores({name: row[name] for name in METRICS} for row in self.rows)
+
+    def summary(self) -> dict:
+        """JSON-ready: predictor, n, the six means, settings, missing and unmatched ids."""
+        return {
+            "predictor": self.predictor,
+            "n": self.n,
+            "means": self.means,
+            "settings": self.settings,
+            "missing": self.missing,
+            "unmatched": self.unmatched,
+        }
+
+
+def _ids_text(ids: Sequence[str], limit: int = 5) -> str:
+    shown = ", ".join(repr(i) for i in ids[:limit])
+    return f"{len(ids)} ({shown}{', ...' if len(ids) > limit else ''})"
+
+
+def _normalised(sequence: str) -> str:
+    return sequence.upper().replace("T", "U")
+
+
+def _checked_pairs(
+    prediction: StructureRecord, reference: StructureRecord, on_sequence_mismatch: str
+) -> BasePairs:
+    """The predicted pairs, once the prediction's sequence is known to be the reference's."""
+    if len(prediction.sequence) != len(reference.sequence):
+        raise StructureError(
+            f"{prediction.label}: predicted sequence is {len(prediction.sequence)} nt, reference "
+            f"({reference.label}) is {len(reference.sequence)} nt"
+        )
+    predicted, expected = _normalised(prediction.sequence), _normalised(reference.sequence)
+    if predicted != expected:
+        first = next(k for k, (a, b) in enumerate(zip(predicted, expected)) if a != b)
+        message = (
+            f"{prediction.label}: sequence differs from the reference at position {first + 1} "
+            f"({prediction.sequence[first]!r} vs {reference.sequence[first]!r})"
+        )
+        if on_sequence_mismatch == "error":
+            raise StructureError(f"{message}; pass on_sequence_mismatch='warn' to score anyway")
+        logger.warning("%s; scored anyway", message)
+    return prediction.pairs
+
+
+def read_predictions(path: str | Path) -> list[StructureRecord]:
+    """Predicted structures from a 3-line ``.dbn`` file (or any :func:`read_reference` format)."""
+    return read_reference(path)
+
+
+def score_predictions(
+    references: Iterable[StructureRecord],
+    predictions: Mapping[str, Prediction] | Iterable[StructureRecord],
+    *,
+    predictor: str = "prediction",
+    on_missing: str = "error",
+    on_sequence_mismatch: str = "error",
+    settings: Mapping | None = None,
+) -> Evaluation:
+    """Score each reference record against the prediction with the same id.
+
+    Args:
+        references: records with the reference pairs (:func:`protrna.structure.read_reference`).
+        predictions: a mapping id -> record, :class:`BasePairs` or 0/1 ``(L, L)`` matrix, or an
+            iterable of records. Records must have the reference's sequence (case and T/U aside).
+        predictor: name shown in tables and summaries.
+        on_missing: a reference id without prediction is an ``"error"`` (default), is left out
+            (``"skip"``, with a warning; ``n`` shrinks), or scores as no pairs (``"empty"``).
+        on_sequence_mismatch: a prediction whose sequence differs from the reference's (same
+            length) is an ``"error"`` (default) or a ``"warn"``-ing. A length mismatch is always
+            an error: there is nothing to score.
+        settings: extra entries for the summary (threshold, file names, model ...).
+
+    Prediction ids not in the reference are logged and listed in ``unmatched``.
+    """
+    if on_missing not in ("error", "skip", "empty"):
+        raise ValueError(f"on_missing must be 'error', 'skip' or 'empty', not {on_missing!r}")
+    if on_sequence_mismatch not in ("error", "warn"):
+        raise ValueError(
+            f"on_sequence_mismatch must be 'error' or 'warn', not {on_sequence_mismatch!r}"
+        )
+    references = list(references)
+    if not isinstance(predictions, Mapping):
+        by_id: dict[str, Prediction] = {}
+        for record in predictions:
+            if record.id in by_id:
+                raise StructureError(f"{record.source}: prediction id {record.id!r} appears twice")
+            by_id[record.id] = record
+        predictions = by_id
+    reference_ids = {record.id for record in references}
+    missing = [record.id for record in references if record.id not in predictions]
+    unmatched = [key for key in predictions if key not in reference_ids]
+    if missing and on_missing == "error":
+        raise ValueError(
+            f"{predictor}: {_ids_text(missing)} reference sequences have no prediction; "
+            "predict them, or pass on_missing='skip' or 'empty'"
+        )
+    if missing:
+        logger.warning(
+            "%s: %s reference sequences have no prediction; %s", predictor, _ids_text(missing),
+            "left out" if on_missing == "skip" else "scored as no pairs",
+        )
+    if unmatched:
+        logger.warning(
+            "%s: %s predictions are not in the reference; ignored", predictor, _ids_text(unmatched)
+        )
+
+    rows = []
+    for reference in references:
+        prediction = predictions.get(reference.id)
+        if prediction is None:
+            if on_missing == "skip":
+                continue
+            prediction = BasePairs(len(reference))
+        if isinstance(prediction, StructureRecord):
+            prediction = _checked_pairs(prediction, reference, on_sequence_mismatch)
+        if isinstance(prediction, BasePairs):
+            predicted_length = prediction.length
+        else:
+            predicted_length = np.shape(prediction)[0]
+        if predicted_length != len(reference):
+            raise StructureError(
+                f"{predictor}, record {reference.id!r}: prediction is for {predicted_length} nt, "
+                f"reference is {len(reference)} nt"
+            )
+        scores = score(prediction, reference.pairs)
+        rows.append({"id": reference.id, "length": len(reference), **scores})
+    if not rows:
+        raise ValueError(f"{predictor}: no sequence to score")
+    all_settings = {
+        "protocol": PROTOCOL,
+        "on_missing": on_missing,
+        "on_sequence_mismatch": on_sequence_mismatch,
+        **(settings or {}),
+    }
+    return Evaluation(predictor, rows, missing, unmatched, all_settings)
+
+
+def write_scores_tsv(evaluation: Evaluation, path: str | Path) -> None:
+    """Per-sequence table: ``id``, ``length``, then the six metrics, tab-separated."""
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(("id", "length") + METRICS)
+        for row in evaluation.rows:
+            writer.writerow([row["id"], row["length"]] + [f"{row[name]:.6f}" for name in METRICS])
+
+
+def write_summary_json(evaluation: Evaluation, path: str | Path) -> None:
+    """The summary of :meth:`Evaluation.summary` as indented JSON."""
+    Path(path).write_text(json.dumps(evaluation.summary(), indent=2) + "\n", encoding="utf-8")
+
+
+def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
+    """Means of several predictors side by side, one line each, columns as in :data:`METRICS`."""
+    header = ["predictor", "n", *METRICS]
+    lines = [header]
+    for evaluation in evaluations:
+        means = evaluation.means
+        values = [f"{means[name]:.{digits}f}" for name in METRICS]
+        lines.append([evaluation.predictor, str(evaluation.n), *values])
+    widths = [max(len(line[k]) for line in lines) for k in range(len(header))]
+    text = [
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines
+    ]
+    text.append(
+        "f1: strict F1; f1_shifted: F1 allowing a one-base shift (RiNALMo); means over sequences"
+    )
+    return "\n".join(text)

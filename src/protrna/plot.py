@@ -1,0 +1,166 @@
+"""Pictures of one RNA's predicted structure: pair-probability map and arc diagram, as PNG.
+
+Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg renderer, so no display, no
+pyplot state and no backend setting is involved; safe in scripts, servers and tests.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+from .structure import DEFAULT_THRESHOLD, BasePairs, decode_matrix
+
+# Colours (colour-blind safe, Okabe-Ito): pairs in both, only predicted, only in the reference.
+_BOTH, _PRED_ONLY, _REF_ONLY, _PRED = "#009E73", "#D55E00", "#0072B2", "#000000"
+
+
+def _as_pairs(structure: BasePairs | np.ndarray | None, length: int, name: str) -> BasePairs | None:
+    if structure is None or isinstance(structure, BasePairs):
+        pairs = structure
+    else:
+        pairs = BasePairs.from_matrix(np.asarray(structure))
+    if pairs is not None and pairs.length != length:
+        raise ValueError(f"{name} is for {pairs.length} nt, the plot for {length} nt")
+    return pairs
+
+
+def _arcs(pairs: list[tuple[int, int]], above: bool, points: int = 40) -> list[np.ndarray]:
+    """Half-ellipse polylines from i to j, height half the span, above or below the axis."""
+    angle = np.linspace(0, np.pi, points)
+    sign = 1 if above else -1
+    arcs = []
+    for i, j in pairs:
+        radius = (j - i) / 2
+        x = i + radius * (1 - np.cos(angle))
+        arcs.append(np.column_stack([x, sign * radius * np.sin(angle)]))
+    return arcs
+
+
+def _length(value: BasePairs | np.ndarray | str) -> int:
+    if isinstance(value, str):
+        return len(value)
+    return value.length if isinstance(value, BasePairs) else np.shape(value)[0]
+
+
+def plot_structure(
+    path: str | Path,
+    *,
+    probabilities: np.ndarray | None = None,
+    pred: BasePairs | np.ndarray | None = None,
+    reference: BasePairs | np.ndarray | None = None,
+    sequence: str | None = None,
+    title: str | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    dpi: int = 110,
+) -> Path:
+    """Write a PNG with the pair map (left) and the arc diagram (right) of one RNA.
+
+    Left: ``probabilities`` as a heat map (if given), predicted pairs marked in the upper
+    triangle (x = j, y = i) and reference pairs in the lower one. Right: predicted arcs above
+    the axis, reference arcs below. With a reference, pairs in both are green, pairs only
+    predicted orange, reference pairs missed blue. ``pred`` defaults to
+    ``probabilities > threshold`` (several partners per base allowed, as scored).
+
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "hairpin.png")
+    >>> hairpin = BasePairs(9, [(0, 8), (1, 7)])
+    >>> plot_structure(out, pred=hairpin, sequence="GGAAAAACC").stat().st_size > 0
+    True
+    """
+    given = {
+        "probabilities": probabilities, "pred": pred, "reference": reference, "sequence": sequence
+    }
+    sizes = {name: _length(value) for name, value in given.items() if value is not None}
+    if not sizes:
+        raise ValueError("nothing to plot: give probabilities, pred or reference")
+    length = next(iter(sizes.values()))
+    if any(size != length for size in sizes.values()):
+        raise ValueError(f"lengths disagree: {sizes}")
+    if pred is None and probabilities is not None:
+        pred = decode_matrix(probabilities, threshold)
+    pred_pairs = _as_pairs(pred, length, "pred")
+    ref_pairs = _as_pairs(reference, length, "reference")
+    predicted = set(pred_pairs.to_list()) if pred_pairs is not None else set()
+    known = set(ref_pairs.to_list()) if ref_pairs is not None else set()
+
+    figure = Figure(figsize=(13, 5.6), layout="constrained")
+    FigureCanvasAgg(figure)
+    map_ax, arc_ax = figure.subplots(1, 2, width_ratios=[1, 1.45])
+
+    # Pair map.
+    if probabilities is not None:
+        image = map_ax.imshow(np.asarray(probabilities, dtype=float), cmap="Greys", vmin=0, vmax=1,
+                              origin="upper", interpolation="nearest")
+        figure.colorbar(image, ax=map_ax, shrink=0.8, label="pair probability")
+    else:
+        map_ax.set_xlim(-0.5, length - 0.5)
+        map_ax.set_ylim(length - 0.5, -0.5)
+        map_ax.set_aspect("equal")
+    marker = max(1.0, min(25.0, 4000 / max(length, 1) ** 1.3))
+
+    def mark(pairs, lower: bool, colour: str, label: str, symbol: str):
+        if pairs:
+            i, j = np.array(sorted(pairs)).T
+            x, y = (i, j) if lower else (j, i)
+            map_ax.scatter(x, y, s=marker, c=colour, marker=symbol, linewidths=0.8, label=label)
+
+    found, extra, missed = predicted & known, predicted - known, known - predicted
+    if ref_pairs is None:
+        mark(predicted, False, _PRED_ONLY, f"predicted ({len(predicted)})", "o")
+    else:
+        mark(found, False, _BOTH, f"predicted, in reference ({len(found)})", "o")
+        mark(extra, False, _PRED_ONLY, f"predicted, not in reference ({len(extra)})", "o")
+        mark(found, True, _BOTH, f"reference, found ({len(found)})", "s")
+        mark(missed, True, _REF_ONLY, f"reference, missed ({len(missed)})", "s")
+    map_ax.plot([-0.5, length - 0.5], [-0.5, length - 0.5], color="0.7", linewidth=0.6)
+    if ref_pairs is None:
+        map_ax.set_xlabel("j")
+    else:
+        map_ax.set_xlabel("upper: predicted (i, j)   lower: reference (j, i)")
+    map_ax.set_ylabel("i")
+    map_ax.set_title("pair map")
+    if predicted or known:
+        # Below the map: every corner of it can hold pairs.
+        map_ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7,
+                      frameon=False, markerscale=max(1.0, 12 / marker))
+
+    # Arc diagram.
+    def draw(pairs, above: bool, colour: str, label: str):
+        if pairs:
+            arc_ax.add_collection(LineCollection(_arcs(sorted(pairs), above), colors=colour,
+                                                 linewidths=0.9, label=label))
+
+    if ref_pairs is None:
+        draw(predicted, True, _PRED, "predicted")
+    else:
+        draw(found, True, _BOTH, "in both")
+        draw(extra, True, _PRED_ONLY, "predicted only")
+        draw(found, False, _BOTH, None)
+        draw(missed, False, _REF_ONLY, "reference only")
+    reach = max([j - i for i, j in predicted | known], default=2) / 2 * 1.05
+    arc_ax.set_xlim(-1, length)
+    arc_ax.set_ylim(-reach if ref_pairs is not None else -0.05 * reach, reach)
+    arc_ax.axhline(0, color="0.4", linewidth=0.8)
+    arc_ax.set_yticks([])
+    for side in ("left", "right", "top"):
+        arc_ax.spines[side].set_visible(False)
+    if sequence is not None and length <= 80:
+        arc_ax.set_xticks(range(length), list(sequence), fontsize=6, fontfamily="monospace")
+    else:
+        arc_ax.set_xlabel("position (0-based)")
+    if ref_pairs is not None:
+        arc_ax.text(0.01, 0.98, "predicted", transform=arc_ax.transAxes, va="top", fontsize=8)
+        arc_ax.text(0.01, 0.02, "reference", transform=arc_ax.transAxes, va="bottom", fontsize=8)
+    if predicted or known:
+        arc_ax.legend(loc="upper right", fontsize=7, framealpha=0.85)
+    arc_ax.set_title("arc diagram")
+    figure.suptitle(title or f"{length} nt")
+
+    path = Path(path)
+    figure.savefig(path, dpi=dpi)
+    return path

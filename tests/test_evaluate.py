@@ -1,0 +1,135 @@
+import csv
+import json
+import logging
+import time
+
+import numpy as np
+import pytest
+
+from protrna.evaluate import (
+    format_table,
+    read_predictions,
+    score_predictions,
+    write_scores_tsv,
+    write_summary_json,
+)
+from protrna.metrics import METRICS, score
+from protrna.structure import BasePairs, StructureError, StructureRecord, read_reference, write_dbn
+
+
+def _record(id_, sequence, dot_bracket, source=""):
+    return StructureRecord(id_, sequence, BasePairs.from_dot_bracket(dot_bracket), source)
+
+
+@pytest.fixture
+def references():
+    return [
+        _record("a", "GGGAAACCC", "(((...)))"),
+        _record("b", "GGAAAACCUU", "((.[..))]."),
+        _record("c", "ACGUACGU", "........"),
+    ]
+
+
+def test_scores_each_record_by_id(references):
+    predictions = {
+        "c": BasePairs(8, [(0, 7)]),
+        "a": BasePairs.from_dot_bracket("((.....))"),
+        "b": references[1].pairs.to_matrix(dtype=bool),
+    }
+    result = score_predictions(references, predictions, predictor="toy")
+    assert [row["id"] for row in result.rows] == ["a", "b", "c"] and result.n == 3
+    for row, reference in zip(result.rows, references):
+        assert row["length"] == len(reference)
+        assert {k: row[k] for k in METRICS} == score(predictions[reference.id], reference.pairs)
+    assert result.rows[1]["f1"] == 1.0 and result.rows[2]["f1"] == 0.0
+    assert result.means["f1"] == pytest.approx(sum(row["f1"] for row in result.rows) / 3)
+
+
+def test_missing_and_unmatched_ids_are_reported(references, caplog):
+    predictions = {"a": references[0].pairs, "zz": BasePairs(3)}
+    with pytest.raises(ValueError, match=r"2 \('b', 'c'\) reference sequences have no prediction"):
+        score_predictions(references, predictions)
+    with caplog.at_level(logging.WARNING):
+        skipped = score_predictions(references, predictions, on_missing="skip")
+    assert skipped.n == 1 and skipped.missing == ["b", "c"] and skipped.unmatched == ["zz"]
+    assert "'zz'" in caplog.text and "left out" in caplog.text
+    empty = score_predictions(references, predictions, on_missing="empty")
+    assert empty.n == 3 and empty.rows[1]["f1"] == 0.0 and empty.rows[2]["accuracy"] == 1.0
+
+
+def test_prediction_sequences_are_checked(references, tmp_path, caplog):
+    predicted = [
+        _record("a", "GGGAAACCC", "(((...)))"),
+        _record("b", "GGAAAACCUU", ".........."),
+        _record("c", "acgtacgt", "(......)"),  # case and T/U do not count as differences
+    ]
+    path = tmp_path / "pred.dbn"
+    write_dbn(predicted, path)
+    assert score_predictions(references, read_predictions(path)).n == 3
+
+    write_dbn([predicted[0], _record("b", "GGAAAGCCUU", ".........."), predicted[2]], path)
+    message = r"pred.dbn, record 'b'.*differs from the reference at position 6 \('G' vs 'A'\)"
+    with pytest.raises(StructureError, match=message):
+        score_predictions(references, read_predictions(path))
+    with caplog.at_level(logging.WARNING):
+        assert score_predictions(references, read_predictions(path), on_sequence_mismatch="warn").n == 3
+    assert "position 6" in caplog.text
+
+    write_dbn([predicted[0], _record("b", "GGAAAACCU", "........."), predicted[2]], path)
+    with pytest.raises(StructureError, match=r"record 'b'.*predicted sequence is 9 nt.*is 10 nt"):
+        score_predictions(references, read_predictions(path), on_sequence_mismatch="warn")
+    with pytest.raises(StructureError, match=r"record 'a': prediction is for 5 nt, reference is 9 nt"):
+        score_predictions(references[:1], {"a": np.zeros((5, 5), dtype=bool)})
+
+
+def test_duplicate_prediction_ids_are_refused(references):
+    with pytest.raises(StructureError, match="'a' appears twice"):
+        score_predictions(references, [references[0], references[0]])
+
+
+def test_tsv_json_and_table(references, tmp_path):
+    exact = score_predictions(references, {r.id: r.pairs for r in references}, predictor="exact",
+                              settings={"threshold": 0.25})
+    empty = {r.id: BasePairs(len(r)) for r in references}
+    nothing = score_predictions(references, empty, predictor="nothing")
+
+    write_scores_tsv(nothing, tmp_path / "scores.tsv")
+    with open(tmp_path / "scores.tsv", newline="") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t"))
+    assert list(rows[0]) == ["id", "length", *METRICS]
+    assert [(row["id"], int(row["length"])) for row in rows] == [("a", 9), ("b", 10), ("c", 8)]
+    expected = [r["accuracy"] for r in nothing.rows]
+    assert [float(row["accuracy"]) for row in rows] == pytest.approx(expected, abs=1e-6)
+
+    write_summary_json(exact, tmp_path / "summary.json")
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["n"] == 3 and summary["predictor"] == "exact"
+    assert list(summary["means"]) == list(METRICS)
+    assert summary["settings"]["threshold"] == 0.25 and "RiNALMo" in summary["settings"]["protocol"]
+
+    table = format_table([exact, nothing]).splitlines()
+    assert table[0].split() == ["predictor", "n", *METRICS]
+    assert table[1].split()[:3] == ["exact", "3", f"{exact.means['f1']:.4f}"]
+    assert table[2].split()[:3] == ["nothing", "3", "0.0000"]
+    assert "shift" in table[-1]
+
+
+@pytest.mark.slow
+def test_rnafold_on_ts0_reproduces_the_reference_numbers(data_dir, tmp_path):
+    pytest.importorskip("RNA", reason="ViennaRNA is not installed: pip install 'protrna[rnafold]'")
+    from protrna.baselines import rnafold_records
+
+    references = read_reference(data_dir / "bprna" / "TS0.dbn")
+    assert len(references) == 1305
+    start = time.perf_counter()
+    write_dbn(rnafold_records(references), tmp_path / "rnafold.dbn")  # as `protrna fold` would
+    seconds = time.perf_counter() - start
+    result = score_predictions(references, read_predictions(tmp_path / "rnafold.dbn"), predictor="RNAfold",
+                               settings={"seconds": seconds})
+    print("\n" + format_table([result]), f"\n({seconds:.1f} s folding)")
+    means = result.means
+    # REFERENCE.md section 7, ViennaRNA 2.8.0 under the original protocol.
+    assert means["f1"] == pytest.approx(0.4915, abs=1e-4)
+    assert means["f1_shifted"] == pytest.approx(0.5376, abs=1e-4)
+    assert means["precision"] == pytest.approx(0.449, abs=1e-3)
+    assert means["recall"] == pytest.approx(0.577, abs=1e-3)

@@ -1,0 +1,40 @@
+import matplotlib.image
+import numpy as np
+import pytest
+
+from protrna.plot import plot_structure
+from protrna.structure import BasePairs, read_dbn, sigmoid
+
+
+@pytest.fixture(scope="module")
+def record(data_dir):
+    return next(r for r in read_dbn(data_dir / "bprna" / "TS0.dbn") if "[" in r.dot_bracket and len(r) < 120)
+
+
+def _image(path):
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(path)
+
+
+def test_probability_map_with_prediction_and_reference(record, tmp_path):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(-4, 1, (len(record), len(record))) + 6 * record.pairs.to_matrix()
+    probabilities = sigmoid((logits + logits.T) / 2)
+    path = plot_structure(tmp_path / "map.png", probabilities=probabilities, reference=record.pairs,
+                          sequence=record.sequence, title=record.id)
+    image = _image(path)
+    assert image.shape[0] > 400 and image.shape[1] > 2 * image.shape[0] - 200  # two panels side by side
+    assert image[..., :3].std() > 0.05  # something was drawn
+
+
+def test_arcs_only_and_several_partners(tmp_path):
+    pred = BasePairs(30, [(0, 29), (0, 28), (1, 27), (5, 12)])  # base 1 has two partners: still drawable
+    _image(plot_structure(tmp_path / "arcs.png", pred=pred))
+    _image(plot_structure(tmp_path / "empty.png", pred=BasePairs(30), reference=BasePairs(30)))
+
+
+def test_inputs_are_checked(tmp_path):
+    with pytest.raises(ValueError, match="nothing to plot"):
+        plot_structure(tmp_path / "x.png")
+    with pytest.raises(ValueError, match="lengths disagree"):
+        plot_structure(tmp_path / "x.png", pred=BasePairs(10), sequence="ACGU")
