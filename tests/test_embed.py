@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from protrna.embed import InvalidRecordError, embed_fasta
+from protrna.data.records import InvalidRecordError
+from protrna.embed import embed_fasta
 from protrna.model import ProtRNA
 
 

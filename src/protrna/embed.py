@@ -32,9 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .alphabet import encode_rna
 from .cpu import pack_for_cpu_inference
-from .data.fasta import FastaRecord, read_fasta
+from .data.fasta import FastaRecord
+from .data.records import InvalidRecordError, checked_records, valid_records
 from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
 from .model import ProtRNA
 
@@ -44,10 +44,6 @@ INCLUDE_CHOICES = ("mean", "per_tok", "bos")
 DEFAULT_MODEL = "ProtRNA_pretrained"
 #: Records read, sorted and batched together; bounds memory on very large files.
 CHUNK_RECORDS = 20_000
-
-
-class InvalidRecordError(ValueError):
-    """A FASTA record cannot be embedded; the message names the file, record and problem."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,52 +60,21 @@ class RecordIndex:
 
 
 def scan_records(path: str | Path, skip_invalid: bool = False) -> RecordIndex:
-    """Validate every record of ``path`` (duplicate ids, empty, non-nucleotide letters).
-
-    Invalid records raise :class:`InvalidRecordError`, or with ``skip_invalid`` are logged and
-    left out. Only ids and lengths are kept, so any file size works.
-    """
+    """Validate every record of ``path`` (see :mod:`protrna.data.records`), keeping only ids and
+    lengths, so any file size works."""
     ids: list[str] = []
     lengths: list[int] = []
-    skipped = 0
-    for record, problem in checked_records(path):
-        if problem:
-            message = f"{path}, record {record.id!r} (line {record.line}): {problem}"
-            if not skip_invalid:
-                raise InvalidRecordError(message + "; fix it or pass --skip-invalid to leave it out")
-            log.warning("skipped %s", message)
-            skipped += 1
-            continue
+    skipped: list[str] = []
+    for record in valid_records(path, skip_invalid, skipped):
         ids.append(record.id)
         lengths.append(len(record.sequence))
     if not ids:
         raise InvalidRecordError(f"{path}: no records to embed")
-    return RecordIndex(ids, lengths, skipped)
+    return RecordIndex(ids, lengths, len(skipped))
 
 
-def checked_records(path: str | Path) -> Iterator[tuple[FastaRecord, str | None]]:
-    """Each record of ``path`` with what is wrong with it (``None`` if it can be embedded)."""
-    first_line: dict[str, int] = {}
-    for record in read_fasta(path):
-        problem = None
-        if not record.id:
-            problem = "the header has no id"
-        elif record.id in first_line:
-            problem = f"duplicate id (first seen at line {first_line[record.id]})"
-        elif not record.sequence:
-            problem = "empty sequence"
-        else:
-            try:
-                encode_rna(record.sequence, record.id)
-            except ValueError as error:
-                problem = str(error)
-        if problem is None:
-            first_line[record.id] = record.line
-        yield record, problem
-
-
-def _valid_records(path: Path, index: RecordIndex) -> Iterator[FastaRecord]:
-    """The records of ``path`` that :func:`scan_records` kept, in order."""
+def _records_of(path: Path, index: RecordIndex) -> Iterator[FastaRecord]:
+    """The records of ``path`` that :func:`scan_records` kept, in order (skipping quietly)."""
     position = 0
     for record, problem in checked_records(path):
         if problem:
@@ -292,7 +257,7 @@ def embed_fasta(
         bar = tqdm(total=len(pending), initial=int((~pending).sum()), unit="seq", disable=not progress,
                    desc="embed", dynamic_ncols=True)
         with bar:
-            for chunk_start, chunk in _pending_chunks(_valid_records(fasta, index), pending):
+            for chunk_start, chunk in _pending_chunks(_records_of(fasta, index), pending):
                 finished = []
                 for encoded in encoder.encode(chunk, first_index=chunk_start):
                     store.write(encoded.index, offsets, encoded, include)
