@@ -133,3 +133,82 @@ def test_rnafold_on_ts0_reproduces_the_reference_numbers(data_dir, tmp_path):
     assert means["f1_shifted"] == pytest.approx(0.5376, abs=1e-4)
     assert means["precision"] == pytest.approx(0.449, abs=1e-3)
     assert means["recall"] == pytest.approx(0.577, abs=1e-3)
+
+
+# --- the model-driven evaluation and the command line ------------------------------------------
+
+
+@pytest.fixture
+def ts0_head(data_dir):
+    """The first 6 TS0 records: real sequences (with IUPAC letters) and reference structures."""
+    return read_reference(data_dir / "bprna" / "TS0.dbn")[:6]
+
+
+@pytest.fixture
+def saved_models(tiny_model, tmp_path):
+    import torch
+
+    from protrna.heads.ss import RotaFormer, RotaFormerConfig
+
+    torch.manual_seed(3)
+    head = RotaFormer(RotaFormerConfig(input_dim=tiny_model.embed_dim, num_blocks=1))
+    head.save_pretrained(tmp_path / "head")
+    return tiny_model.save_pretrained(tmp_path / "lm"), tmp_path / "head"
+
+
+def test_model_evaluation_follows_the_original_protocol(ts0_head, tiny_model):
+    import torch
+
+    from protrna.evaluate import evaluate_predictor
+    from protrna.fold import StructurePredictor
+    from protrna.heads.ss import RotaFormer, RotaFormerConfig
+
+    torch.manual_seed(3)
+    head = RotaFormer(RotaFormerConfig(input_dim=tiny_model.embed_dim, num_blocks=1)).eval()
+    result = evaluate_predictor(ts0_head, StructurePredictor(tiny_model, head), threshold=0.5, progress=False)
+    assert [row["id"] for row in result.rows] == [r.id for r in ts0_head]
+    for row, reference in zip(result.rows, ts0_head):
+        with torch.no_grad():  # the original: sigmoid(head(LM(tokens)[33])) > threshold, scored as is
+            tokens = tiny_model.alphabet.get_batch_converter()([reference.sequence])
+            reps = tiny_model(tokens, repr_layers=[2])["representations"][2]
+            predicted = (torch.sigmoid(head(reps)) > 0.5).numpy()
+        expected = score(predicted, reference.pairs)
+        for name in METRICS:
+            assert row[name] == pytest.approx(expected[name], abs=1e-9)
+    assert result.settings["threshold"] == 0.5
+
+
+def test_cli_with_a_model_resumes_from_the_per_sequence_file(saved_models, data_dir, tmp_path, capsys):
+    from protrna.cli import main
+
+    lm, head = saved_models
+    tsv, summary = tmp_path / "scores.tsv", tmp_path / "summary.json"
+    args = ["evaluate", "--reference", str(data_dir / "bprna" / "TS0.dbn"), "--model", str(lm),
+            "--head", str(head), "--limit", "4", "--per-sequence", str(tsv), "--summary", str(summary), "-q"]
+    assert main(args) == 0
+    first = tsv.read_text()
+    rows = list(csv.reader(first.splitlines(), delimiter="\t"))
+    assert rows[0] == ["id", "length", *METRICS] and len(rows) == 5
+    saved = json.loads(summary.read_text())
+    assert saved["n"] == 4 and set(saved["means"]) == set(METRICS) and saved["settings"]["threshold"] == 0.25
+    # An interrupted run left two rows (and a torn third); the rerun scores only the rest.
+    partial = tmp_path / "scores.tsv.partial"
+    partial.write_text("\n".join(first.splitlines()[:3]) + "\nbpRNA_CRW_15839\t12")
+    tsv.unlink()
+    assert main(args) == 0
+    assert tsv.read_text() == first and not partial.exists()
+    assert "ProtRNA" in capsys.readouterr().out
+
+
+def test_cli_scores_a_prediction_file(ts0_head, data_dir, tmp_path, capsys):
+    from protrna.cli import main
+
+    reference = tmp_path / "ref.dbn"
+    write_dbn(ts0_head, reference)
+    predictions = tmp_path / "mine.dbn"
+    write_dbn([StructureRecord(r.id, r.sequence, BasePairs(len(r))) for r in ts0_head], predictions)
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(predictions),
+                 "--per-sequence", str(tmp_path / "s.tsv")]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split()[:3] == ["mine", "6", "0.0000"]
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(tmp_path / "none.dbn")]) == 2

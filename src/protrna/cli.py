@@ -16,8 +16,12 @@ from . import __version__
 # Sub-command modules, in the order ``protrna --help`` lists them.
 COMMAND_MODULES = (
     "protrna.embed",
+    "protrna.fold",
+    "protrna.evaluate",
     "protrna.weights.cli",
     "protrna.train.pretrain",
+    "protrna.train.ss",
+    "protrna.train.finetune",
 )
 
 

@@ -231,3 +231,152 @@ def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
         "f1: strict F1; f1_shifted: F1 allowing a one-base shift (RiNALMo); means over sequences"
     )
     return "\n".join(text)
+
+
+# --- the model-driven evaluation and the command line -----------------------------------------
+
+
+def _read_rows(path: Path) -> dict[str, dict]:
+    """Per-sequence rows of an interrupted run (``.partial`` TSV); a torn last line is ignored."""
+    rows: dict[str, dict] = {}
+    if not path.exists():
+        return rows
+    with open(path, encoding="utf-8") as handle:
+        reader = csv.reader(handle, delimiter="\t")
+        header = next(reader, None)
+        if header != ["id", "length", *METRICS]:
+            return rows
+        for fields in reader:
+            if len(fields) != len(header):
+                break
+            try:
+                rows[fields[0]] = {"id": fields[0], "length": int(fields[1]),
+                                   **{name: float(v) for name, v in zip(METRICS, fields[2:])}}
+            except ValueError:
+                break
+    return rows
+
+
+def evaluate_predictor(
+    references: Sequence[StructureRecord],
+    predictor,
+    *,
+    threshold: float | None = None,
+    name: str = "ProtRNA",
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+    settings: Mapping | None = None,
+) -> Evaluation:
+    """The original ``test_downstream_ss.py`` protocol with a :class:`~protrna.fold.StructurePredictor`.
+
+    Each reference sequence is predicted, ``probabilities > threshold`` (the head's threshold by
+    default) is scored as is against the reference pairs, with no one-partner, canonical or loop
+    filter. With ``resume_from`` (a ``.tsv`` path), rows are appended to ``<path>.partial`` as
+    they are computed and a rerun skips the sequences already there.
+    """
+    from tqdm.auto import tqdm
+
+    from .structure import decode_matrix
+
+    threshold = predictor.head.config.threshold if threshold is None else threshold
+    by_id = {record.id: record for record in references}
+    rows: dict[str, dict] = {}
+    sink = None
+    if resume_from is not None:
+        partial = Path(str(resume_from) + ".partial")
+        rows = {k: v for k, v in _read_rows(partial).items() if k in by_id}
+        sink = open(partial, "w", encoding="utf-8", newline="")
+        writer = csv.writer(sink, delimiter="\t", lineterminator="\n")
+        writer.writerow(("id", "length") + METRICS)
+        for row in rows.values():  # rewritten whole, so a torn last line disappears
+            writer.writerow([row["id"], row["length"]] + [repr(row[m]) for m in METRICS])
+        sink.flush()
+        if rows:
+            logger.info("resuming: %d of %d sequences already scored", len(rows), len(references))
+    todo = [(r.id, r.sequence) for r in references if r.id not in rows]
+    try:
+        with tqdm(total=len(references), initial=len(rows), unit="seq", desc="evaluate",
+                  disable=not progress, dynamic_ncols=True) as bar:
+            for result in predictor.predict(todo):
+                reference = by_id[result.id]
+                scores = score(decode_matrix(result.probabilities, threshold), reference.pairs)
+                rows[result.id] = {"id": result.id, "length": len(reference), **scores}
+                if sink is not None:
+                    writer.writerow([result.id, len(reference)] + [repr(scores[m]) for m in METRICS])
+                    sink.flush()
+                bar.update(1)
+    finally:
+        if sink is not None:
+            sink.close()
+    all_settings = {"protocol": PROTOCOL, "threshold": threshold, **(settings or {})}
+    return Evaluation(name, [rows[r.id] for r in references], settings=all_settings)
+
+
+def add_parser(subparsers) -> None:
+    import argparse
+
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="score secondary structures against a reference set (the paper's TS0 test)",
+        description="Score ProtRNA (language model + structure head) or any predictor's structures "
+        "against a reference set, with the original protocol: strict and shifted F1, MCC, "
+        "precision, recall, accuracy, as means over sequences.",
+        epilog="examples: protrna evaluate --reference TS0.dbn --per-sequence ts0.tsv --summary ts0.json\n"
+        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--reference", required=True, type=Path,
+                        help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them")
+    parser.add_argument("--predictions", type=Path,
+                        help="score these structures (.dbn, e.g. from protrna fold) instead of running a model")
+    parser.add_argument("--model", default="ProtRNA_pretrained", help="language model (default: %(default)s)")
+    parser.add_argument("--head", default="ssHead_RF_bprna", help="structure head (default: %(default)s)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
+    parser.add_argument("--baseline", nargs="+", default=[], choices=["rnafold"],
+                        help="also score RNAfold (needs pip install 'protrna[rnafold]') on the same sequences")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N reference records")
+    parser.add_argument("--per-sequence", type=Path, help="TSV of per-sequence scores (enables resuming)")
+    parser.add_argument("--summary", type=Path, help="JSON with the means, n and settings")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    references = read_reference(args.reference)
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError("--limit must be at least 1")
+        references = references[: args.limit]
+    common = {"reference": str(args.reference), "limit": args.limit}
+    if args.predictions is not None:
+        main = score_predictions(references, read_predictions(args.predictions), predictor=args.predictions.stem,
+                                 settings={**common, "predictions": str(args.predictions)})
+    else:
+        from .fold import load_predictor
+
+        predictor = load_predictor(args.model, args.head, dtype=args.dtype, device=args.device)
+        main = evaluate_predictor(
+            references, predictor, threshold=args.threshold, progress=not args.quiet,
+            resume_from=args.per_sequence,
+            settings={**common, "model": args.model, "head": args.head, "dtype": args.dtype},
+        )
+    evaluations = [main]
+    if "rnafold" in args.baseline:
+        from .baselines import rnafold_records
+
+        evaluations.append(score_predictions(references, list(rnafold_records(references)), predictor="RNAfold",
+                                             settings={**common, "baseline": "ViennaRNA RNAfold, default parameters"}))
+    print(format_table(evaluations))
+    if args.per_sequence is not None:
+        write_scores_tsv(main, args.per_sequence)
+        Path(str(args.per_sequence) + ".partial").unlink(missing_ok=True)
+        for extra in evaluations[1:]:
+            write_scores_tsv(extra, args.per_sequence.with_suffix(f".{extra.predictor.lower()}.tsv"))
+    if args.summary is not None:
+        summary = main.summary()
+        summary["baselines"] = {e.predictor: e.summary() for e in evaluations[1:]}
+        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,168 @@
+"""RotaFormer secondary-structure head: seconds and peak memory per sequence length and dtype.
+
+Times the full 12-block head (released widths, random weights: speed does not depend on the
+values) on one sequence of each ``--lengths`` under ``torch.inference_mode()``, best of
+``--repeats`` after a warm-up run. Each (length, dtype) runs in a fresh process, so its peak
+resident memory (``ru_maxrss``, the whole process: Python, torch and the head) is its own. The
+bf16 rows also give the largest logit difference from the fp32 run on the same weights and input.
+
+The original TensorFlow head was measured at 3.4 / 15.2 / 44.3 s with 0.8 / 2.5 / 6.8 GB peak at
+L = 150 / 300 / 500 on the reference 2-core CPU (REFERENCE.md section 7); those are the
+``TF s`` column.
+
+    python benchmarks/bench_ss_head.py                         # markdown table on stdout
+    python benchmarks/bench_ss_head.py --lengths 150 --dtypes bf16 --repeats 1 --blocks 2
+    python benchmarks/bench_ss_head.py --json ss_head.json     # also write the numbers
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+#: The original TensorFlow head on the reference CPU: L -> (seconds, peak GB).
+ORIGINAL_TF = {150: (3.4, 0.8), 300: (15.2, 2.5), 500: (44.3, 6.8)}
+
+
+def hardware() -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
+    except OSError:
+        pass
+    return f"{cpu} ({flags}), {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: int, chunk_size: int | None,
+            logits_path: str | None) -> dict:
+    """Runs inside the child process."""
+    import numpy as np
+    import torch
+
+    from protrna.heads.ss import RotaFormer, RotaFormerConfig
+
+    torch.set_num_threads(threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    torch.manual_seed(0)  # the same weights and input in every process
+    head = RotaFormer(RotaFormerConfig(num_blocks=blocks)).eval()
+    representations = torch.randn(1, length + 2, head.config.input_dim)
+    head = head.to(dtype)
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    seconds = []
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first run warms up oneDNN and the allocator
+            start = time.perf_counter()
+            logits = head(representations, chunk_size=chunk_size)
+            seconds.append(time.perf_counter() - start)
+    if logits_path:
+        np.save(logits_path, logits.float().numpy())
+    return {
+        "length": length,
+        "dtype": dtype_name,
+        "threads": threads,
+        "blocks": blocks,
+        "chunk_size": chunk_size,
+        "seconds": min(seconds[1:] or seconds),  # --repeats 0: the one, cold, run
+        "all_seconds": [round(s, 3) for s in seconds],
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,  # KB on Linux
+        "rss_before_gb": base_rss,
+        "logit_std": float(logits.float().std()),
+    }
+
+
+def run_child(args: argparse.Namespace, length: int, dtype: str, logits_path: str) -> dict:
+    command = [
+        sys.executable, __file__, "--child", "--lengths", str(length), "--dtypes", dtype,
+        "--repeats", str(args.repeats), "--threads", str(args.threads), "--blocks", str(args.blocks),
+        "--save-logits", logits_path,
+    ]  # fmt: skip
+    if args.chunk_size:
+        command += ["--chunk-size", str(args.chunk_size)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark child for L={length} {dtype} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def table(results: list[dict]) -> str:
+    lines = [
+        "| L | dtype | seconds | peak RSS GB | TF s | speed-up vs TF | TF peak GB | max abs logit diff vs fp32 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        tf_seconds, tf_peak = ORIGINAL_TF.get(r["length"], (None, None))
+        speedup = f"{tf_seconds / r['seconds']:.1f}x" if tf_seconds and r["blocks"] == 12 else "-"
+        diff = f"{r['max_abs_diff_vs_fp32']:.3g} (logit std {r['logit_std']:.2f})" if "max_abs_diff_vs_fp32" in r else "-"
+        lines.append(
+            f"| {r['length']} | {r['dtype']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | "
+            f"{tf_seconds or '-'} | {speedup} | {tf_peak or '-'} | {diff} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[150, 300, 500, 1000])
+    parser.add_argument("--dtypes", nargs="+", choices=["fp32", "bf16"], default=["fp32", "bf16"])
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs after the warm-up, the best is kept (0: one cold run)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--blocks", type=int, default=12, help="Evoformer blocks (12 = the released head)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: automatic)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--save-logits", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        result = measure(args.lengths[0], args.dtypes[0], args.repeats, args.threads, args.blocks,
+                         args.chunk_size, args.save_logits)  # fmt: skip
+        print(json.dumps(result))
+        return
+
+    import numpy as np
+
+    results = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for length in args.lengths:
+            logits = {}
+            for dtype in args.dtypes:
+                path = str(Path(scratch) / f"{length}_{dtype}.npy")
+                result = run_child(args, length, dtype, path)
+                logits[dtype] = np.load(path)
+                if dtype == "bf16" and "fp32" in logits:
+                    result["max_abs_diff_vs_fp32"] = float(np.abs(logits["bf16"] - logits["fp32"]).max())
+                results.append(result)
+                print(f"L={length} {dtype}: {result['seconds']:.2f} s, peak {result['peak_rss_gb']:.2f} GB",
+                      file=sys.stderr, flush=True)  # fmt: skip
+
+    command = "python benchmarks/bench_ss_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"Hardware: {hardware()}; {args.threads} threads\n")
+    print(f"Command: `{command.strip()}`\n")
+    print(table(results))
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware(), "command": command, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

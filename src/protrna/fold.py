@@ -1,0 +1,363 @@
+"""``protrna fold``: secondary structures from the language model and the RotaFormer head.
+
+:class:`StructurePredictor` turns RNAs of any length into pair-probability maps: the language
+model runs in 510-nt windows where needed (as in ``protrna embed``) and the head sees the whole
+RNA at once. :func:`fold_fasta` writes, into an output directory::
+
+    predictions.dbn      3-line records (>id, sequence, dot-bracket), input order
+    <id>.bpseq, <id>.ct  with --format bpseq / ct (ids made file-safe)
+    <id>.npy             with --probabilities: the (L, L) float32 pair-probability map
+    <id>.png             with --plot: probability map with the predicted pairs, and an arc diagram
+    fold_settings.json   model, head, threshold and decoding options of the run
+
+Structure files need one partner per base, so pairs above the threshold are resolved greedily by
+probability (:func:`protrna.structure.resolve_conflicts`); ``protrna evaluate --model`` scores the
+raw thresholded map instead, as the original does. An interrupted run resumes from
+``predictions.dbn.partial``: records already there are not predicted again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import __version__
+from .cpu import pack_for_cpu_inference
+from .data.records import InvalidRecordError, valid_records
+from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
+from .heads.ss import RotaFormer
+from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
+from .model import ProtRNA
+from .structure import BasePairs, StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HEAD = "ssHead_RF_bprna"
+FORMATS = ("dbn", "bpseq", "ct")
+#: Records whose language-model outputs are held at once before the head runs on them.
+CHUNK_RECORDS = 64
+
+
+@dataclasses.dataclass
+class PairProbabilities:
+    """The head's output for one RNA: ``probabilities`` (L, L) float32, symmetric."""
+
+    index: int
+    id: str
+    sequence: str
+    probabilities: np.ndarray
+
+
+class StructurePredictor:
+    """Language model + structure head: pair probabilities for RNAs of any length.
+
+    >>> from protrna import ProtRNA, ProtRNAConfig
+    >>> from protrna.heads.ss import RotaFormer, RotaFormerConfig
+    >>> lm = ProtRNA(ProtRNAConfig(num_layers=1, embed_dim=64, attention_heads=1))
+    >>> head = RotaFormer(RotaFormerConfig(input_dim=64, num_blocks=1))
+    >>> [p.probabilities.shape for p in StructurePredictor(lm, head).predict([("a", "GGGAAACCC")])]
+    [(9, 9)]
+    """
+
+    def __init__(
+        self,
+        lm: ProtRNA,
+        head: RotaFormer,
+        *,
+        max_tokens: int | None = None,
+        window_overlap: int = DEFAULT_OVERLAP,
+        max_pairs: int | None = None,
+    ):
+        if head.config.input_dim != lm.embed_dim:
+            raise ValueError(
+                f"the head takes {head.config.input_dim}-wide representations but the language "
+                f"model gives {lm.embed_dim}; use the head trained on this language model"
+            )
+        self.lm, self.head = lm, head.eval()
+        device = lm.device
+        self.encoder = WindowedEncoder(lm, [lm.num_layers], max_tokens or default_max_tokens(device),
+                                       overlap=window_overlap)
+        # Pairs (B x L x L) the head takes per batch: batching pays off on GPUs, not on CPUs.
+        self.max_pairs = max_pairs or (2**22 if device.type == "cuda" else 2**16)
+
+    def predict(self, records: Iterable[tuple[str, str]], first_index: int = 0) -> Iterator[PairProbabilities]:
+        """Yield pair probabilities for each ``(id, sequence)``, in completion order."""
+        records = list(records)
+        for start in range(0, len(records), CHUNK_RECORDS):
+            chunk = records[start : start + CHUNK_RECORDS]
+            encoded = list(self.encoder.encode(chunk, first_index=first_index + start))
+            for batch in make_batches([e.length**2 for e in encoded], self.max_pairs):
+                yield from self._head([encoded[i] for i in batch], records, first_index)
+
+    @torch.inference_mode()
+    def _head(self, encoded, records, first_index) -> Iterator[PairProbabilities]:
+        layer = self.lm.num_layers
+        width = max(e.length for e in encoded)
+        device, dtype = self.head_device_dtype()
+        # The head reads nucleotides at [1:L+1]; BOS/EOS slots stay zero (it never looks at them).
+        reps = torch.zeros(len(encoded), width + 2, self.lm.embed_dim, device=device, dtype=dtype)
+        for row, e in enumerate(encoded):
+            reps[row, 1 : e.length + 1] = e.per_token[layer].to(device=device, dtype=dtype)
+        lengths = torch.tensor([e.length for e in encoded], device=device)
+        logits = self.head(reps, lengths=lengths)
+        if logits.dim() == 2:
+            logits = logits[None]
+        for row, e in enumerate(encoded):
+            values = logits[row, : e.length, : e.length].float().cpu().numpy()
+            sequence = records[e.index - first_index][1]
+            yield PairProbabilities(e.index, e.id, sequence, sigmoid(values).astype(np.float32))
+
+    def head_device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        parameter = next(self.head.parameters())
+        return parameter.device, parameter.dtype
+
+
+def load_predictor(
+    model: ProtRNA | str = DEFAULT_MODEL,
+    head: RotaFormer | str = DEFAULT_HEAD,
+    *,
+    dtype: str | None = None,
+    device: str | None = None,
+    max_tokens: int | None = None,
+    window_overlap: int = DEFAULT_OVERLAP,
+) -> StructurePredictor:
+    """Load language model and head (names, paths or modules) onto one device, ready to predict."""
+    lm = prepare_model(model, dtype, device)
+    if isinstance(head, (str, Path)):
+        from .pretrained import load_pretrained_model
+
+        source = str(head)
+        head = load_pretrained_model(source)
+        if not isinstance(head, RotaFormer):
+            raise ValueError(f"{source} is not a structure head (it loads as {type(head).__name__})")
+        head.source = source
+    head = head.to(device=lm.device, dtype=lm.dtype)
+    max_tokens = max_tokens or default_max_tokens(lm.device)
+    if isinstance(model, (str, Path)):
+        pack_for_cpu_inference(lm, rows_hint=max_tokens)  # ours to change: loaded here
+    return StructurePredictor(lm, head, max_tokens=max_tokens, window_overlap=window_overlap)
+
+
+def safe_file_names(ids: list[str]) -> list[str]:
+    """File-system-safe, unique names for record ids (characters outside ``[A-Za-z0-9._-]``
+    become ``_``; clashes get ``-2``, ``-3``...).
+
+    >>> safe_file_names(["a/b", "a_b", "ok.1", "..", ""])
+    ['a_b', 'a_b-2', 'ok.1', '_', 'record']
+    """
+    names, used = [], set()
+    for record_id in ids:
+        base = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)[:200] or "record"
+        if set(base) <= {"."}:
+            base = "_"
+        name, k = base, 1
+        while name.lower() in used:  # case-insensitive file systems
+            k += 1
+            name = f"{base}-{k}"
+        used.add(name.lower())
+        names.append(name)
+    return names
+
+
+def _read_partial(path: Path) -> dict[str, tuple[str, str]]:
+    """Complete 3-line records of an interrupted run; a torn last record is cut off the file."""
+    if not path.exists():
+        return {}
+    data = path.read_bytes()
+    done: dict[str, tuple[str, str]] = {}
+    kept = 0  # bytes up to the end of the last complete record
+    position = 0
+    while True:
+        ends = []
+        for _ in range(3):
+            end = data.find(b"\n", position)
+            if end < 0:
+                break
+            ends.append(end)
+            position = end + 1
+        if len(ends) < 3:
+            break
+        header, sequence, structure = data[kept : ends[2]].decode("utf-8").split("\n")
+        if not header.startswith(">") or not sequence or len(sequence) != len(structure):
+            break
+        done[header[1:]] = (sequence, structure)
+        kept = ends[2] + 1
+    if kept < len(data):
+        with open(path, "r+b") as handle:
+            handle.truncate(kept)
+    return done
+
+
+def fold_fasta(
+    fasta: str | Path,
+    output_dir: str | Path,
+    model: ProtRNA | str = DEFAULT_MODEL,
+    head: RotaFormer | str = DEFAULT_HEAD,
+    *,
+    formats: Iterable[str] = ("dbn",),
+    threshold: float | None = None,
+    probabilities: bool = False,
+    plot: bool = False,
+    canonical_only: bool = False,
+    min_hairpin: int = 0,
+    dtype: str | None = None,
+    device: str | None = None,
+    max_tokens: int | None = None,
+    window_overlap: int = DEFAULT_OVERLAP,
+    skip_invalid: bool = False,
+    progress: bool = True,
+    predictor: StructurePredictor | None = None,
+) -> Path:
+    """Predict the structure of every record of ``fasta`` into ``output_dir`` (see module doc).
+
+    ``threshold`` defaults to the head's own (0.25 for the official head). Returns the path of
+    ``predictions.dbn``.
+    """
+    fasta, output_dir = Path(fasta), Path(output_dir)
+    formats = list(dict.fromkeys(formats))
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"--format takes {', '.join(FORMATS)}; got {unknown}")
+    if not fasta.is_file():
+        raise FileNotFoundError(f"input {fasta} does not exist")
+    valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid)]
+    if not valid:
+        raise InvalidRecordError(f"{fasta}: no records to fold")
+
+    predictor = predictor or load_predictor(model, head, dtype=dtype, device=device, max_tokens=max_tokens,
+                                            window_overlap=window_overlap)
+    threshold = predictor.head.config.threshold if threshold is None else threshold
+    settings = {
+        "model": str(getattr(predictor.lm, "source", "in-memory model")),
+        "head": str(getattr(predictor.head, "source", "in-memory head")),
+        "threshold": threshold,
+        "canonical_only": canonical_only,
+        "min_hairpin": min_hairpin,
+        "dtype": str(predictor.lm.dtype).removeprefix("torch."),
+        "window_overlap": window_overlap,
+        "formats": formats,
+        "probabilities": probabilities,
+        "plot": plot,
+        "protrna_version": __version__,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / "predictions.dbn"
+    partial = output_dir / "predictions.dbn.partial"
+    settings_path = output_dir / "fold_settings.json"
+    if settings_path.exists() and (final.exists() or partial.exists()):
+        previous = json.loads(settings_path.read_text())
+        differing = {k: (previous.get(k), v) for k, v in settings.items()
+                     if k != "protrna_version" and previous.get(k) != v}
+        if differing:
+            raise FileExistsError(
+                f"{output_dir} holds a run with other settings ({differing}); choose another "
+                "output directory, or rerun with the same settings to resume"
+            )
+    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+
+    names = dict(zip([i for i, _ in valid], safe_file_names([i for i, _ in valid])))
+    done = _read_partial(partial)
+    if final.exists() and not partial.exists():
+        done = {r.id: (r.sequence, r.dot_bracket) for r in _read_dbn_records(final)}
+    stale = [i for i in done if i not in names or done[i][0] != dict(valid)[i]]
+    if stale:
+        raise FileExistsError(f"{output_dir} has predictions for other input (e.g. {stale[0]!r}); "
+                              "choose another output directory")
+    todo = [(i, s) for i, s in valid if i not in done]
+    if done:
+        log.info("resuming: %d of %d records already folded", len(done), len(valid))
+
+    with open(partial, "a", encoding="utf-8") as sink, tqdm(
+        total=len(valid), initial=len(done), unit="seq", desc="fold", disable=not progress, dynamic_ncols=True
+    ) as bar:
+        for result in predictor.predict(todo):
+            pairs = resolve_conflicts(result.probabilities, threshold, sequence=result.sequence,
+                                      canonical_only=canonical_only, min_hairpin=min_hairpin)
+            record = StructureRecord(result.id, result.sequence, pairs)
+            _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
+                                probabilities, plot, threshold)
+            # One write per record, flushed: a kill can tear at most the last record.
+            sink.write(f">{record.id}\n{record.sequence}\n{record.dot_bracket}\n")
+            sink.flush()
+            done[record.id] = (record.sequence, record.dot_bracket)
+            bar.update(1)
+
+    ordered = "".join(f">{i}\n{done[i][0]}\n{done[i][1]}\n" for i, _ in valid)
+    temporary = output_dir / ".predictions.dbn.tmp"
+    temporary.write_text(ordered, encoding="utf-8")
+    os.replace(temporary, final)
+    partial.unlink()
+    log.info("wrote %s (%d structures)", final, len(valid))
+    return final
+
+
+def _read_dbn_records(path: Path):
+    from .structure import read_dbn
+
+    return list(read_dbn(path))
+
+
+def _write_record_files(record: StructureRecord, probabilities: np.ndarray, stem: Path, formats,
+                        save_probabilities: bool, plot: bool, threshold: float) -> None:
+    if "bpseq" in formats:
+        write_bpseq(record, stem.with_name(stem.name + ".bpseq"))
+    if "ct" in formats:
+        write_ct(record, stem.with_name(stem.name + ".ct"))
+    if save_probabilities:
+        np.save(stem.with_name(stem.name + ".npy"), probabilities)
+    if plot:
+        from .plot import plot_structure
+
+        plot_structure(stem.with_name(stem.name + ".png"), probabilities=probabilities, pred=record.pairs,
+                       sequence=record.sequence, title=record.id, threshold=threshold)
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "fold",
+        help="predict secondary structures of a FASTA file",
+        description=__doc__.split("\n\n")[0],
+        epilog="example: protrna fold rnas.fa --output-dir folds --format dbn bpseq ct --plot",
+    )
+    parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too)")
+    parser.add_argument("--output-dir", "-o", type=Path, required=True)
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="language model (default: %(default)s)")
+    parser.add_argument("--head", default=DEFAULT_HEAD,
+                        help="structure head: official name, original .h5, or a train-ss directory "
+                        "(default: %(default)s)")
+    parser.add_argument("--format", nargs="+", default=["dbn"], choices=FORMATS,
+                        help="per-record files besides predictions.dbn (default: dbn only)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
+    parser.add_argument("--canonical-only", action="store_true", help="keep only AU, GC and GU pairs")
+    parser.add_argument("--min-hairpin", type=int, default=0,
+                        help="minimum hairpin loop length, e.g. 3 (default: 0, no filter)")
+    parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy")
+    parser.add_argument("--plot", action="store_true", help="save a PNG per record")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    parser.add_argument("--max-tokens", type=int, default=None, help="language-model token budget per batch")
+    parser.add_argument("--skip-invalid", action="store_true", help="leave out (and log) bad records")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    path = fold_fasta(
+        args.input, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
+        probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
+        min_hairpin=args.min_hairpin, dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
+        skip_invalid=args.skip_invalid, progress=not args.quiet,
+    )
+    print(path)
+    return 0

@@ -1,0 +1,489 @@
+"""``protrna train-ss``: train the RotaFormer structure head on a frozen language model.
+
+The paper's second stage (section 6 of docs/REFERENCE.md): the head learns base pairs from the
+language model's last-layer representations on bpRNA TR0, and its decision threshold is chosen on
+VL0. The language model is frozen, so its representations are computed once and cached on disk
+(:mod:`protrna.train.features`); every epoch reads them back. Then, as one function,
+:func:`train_ss`:
+
+* records come from any reference format (``.dbn``, PDB ``.tsv``, bpseq/ct folders); RNAs longer
+  than ``--max-length`` are skipped and counted;
+* length-bucketed batches of several RNAs (:mod:`protrna.data.buckets`), padding masked by
+  passing each RNA's length to the head;
+* the loss is binary cross-entropy on the pair logits over the cells ``i < j`` of each RNA (the
+  strict upper triangle: the head's logits are symmetric, so each unordered pair is counted once
+  and the diagonal, which never pairs, not at all), optionally with a weight on positives;
+* training runs in the shared loop (:mod:`protrna.train.loop`): checkpoints, exact resume,
+  warmup + cosine, bf16, several processes;
+* validation logs ``valid_loss`` and the best mean per-sequence strict F1 over the threshold grid
+  (``valid_f1`` at ``valid_threshold``); at the end that threshold is stored in the head's config
+  and ``DIR/final`` is written, a RotaFormer directory for ``protrna fold/evaluate --head``.
+
+    protrna train-ss --model ProtRNA_pretrained --train TR0.dbn --valid VL0.dbn --output runs/ss
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import gc
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+
+from .. import __version__
+from ..alphabet import encode_rna
+from ..data.buckets import LengthBucketBatches, MappedBatches, fixed_batches, pair_cost
+from ..data.records import InvalidRecordError
+from ..embed import DEFAULT_MODEL, prepare_model
+from ..heads.ss import RotaFormer, RotaFormerConfig
+from ..inference import DEFAULT_OVERLAP
+from ..metrics import score
+from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
+from ..weights.registry import cache_root
+from .features import (
+    STORAGE_DTYPES,
+    FeatureCache,
+    FeatureSettings,
+    cached_features,
+    check_resume_fingerprint,
+    lm_fingerprint,
+)
+from .loop import TrainConfig, add_training_arguments, make_accelerator, to_device, train
+
+logger = logging.getLogger(__name__)
+
+#: Default threshold grid: 0.05, 0.10, ..., 0.95 (the original chose 0.25 on VL0).
+DEFAULT_GRID = (0.05, 0.95, 0.05)
+#: Default cap on B x L_max^2 pair cells per micro-batch.
+DEFAULT_MAX_PAIRS = 2**17
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+
+def read_structures(
+    path: str | Path, max_length: int | None = None, skip_invalid: bool = False, what: str = "train"
+) -> list[StructureRecord]:
+    """The usable records of a reference file, RNAs over ``max_length`` nt left out (logged).
+
+    A sequence with a letter that is no nucleotide code stops the run with a message naming file,
+    record and position, or with ``skip_invalid`` is logged and left out.
+    """
+    records = read_reference(path)
+    kept, too_long, invalid = [], 0, 0
+    for record in records:
+        try:
+            encode_rna(record.sequence)
+        except ValueError as error:
+            message = f"{record.label}: {error}"
+            if not skip_invalid:
+                raise InvalidRecordError(f"{message}; fix it or pass --skip-invalid") from None
+            logger.warning("skipped %s", message)
+            invalid += 1
+            continue
+        if max_length is not None and len(record) > max_length:
+            too_long += 1
+            continue
+        kept.append(record)
+    logger.info(
+        "%s: %d of %d records of %s used (%d longer than --max-length %s, %d invalid skipped)",
+        what, len(kept), len(records), path, too_long, max_length, invalid,
+    )
+    if not kept:
+        raise InvalidRecordError(f"{path}: no usable records (of {len(records)}; --max-length {max_length})")
+    return kept
+
+
+def collate_structures(features: FeatureCache, records: Sequence[StructureRecord], indices: list[int]) -> dict:
+    """One batch: zero-padded representations with BOS/EOS slots, lengths, 0/1 pair targets."""
+    lengths = [len(records[i]) for i in indices]
+    width = max(lengths)
+    reps = torch.zeros(len(indices), width + 2, features.dim)
+    targets = torch.zeros(len(indices), width, width)
+    for row, index in enumerate(indices):
+        # The head reads nucleotides at [1 : L + 1]; it never looks at the BOS/EOS slots.
+        reps[row, 1 : lengths[row] + 1] = features.per_token(index)
+        pairs = torch.from_numpy(np.array(records[index].pairs.pairs))
+        targets[row, pairs[:, 0], pairs[:, 1]] = 1.0
+        targets[row, pairs[:, 1], pairs[:, 0]] = 1.0
+    return {
+        "representations": reps,
+        "lengths": torch.tensor(lengths),
+        "targets": targets,
+        "n_items": sum(n * (n - 1) // 2 for n in lengths),
+        "n_tokens": sum(lengths),
+    }
+
+
+# ---- loss -------------------------------------------------------------------------------------
+
+
+def upper_triangle_mask(lengths: torch.Tensor, width: int) -> torch.Tensor:
+    """(B, width, width) bool: cells ``i < j < length`` of each row.
+
+    >>> upper_triangle_mask(torch.tensor([3, 2]), 3).sum(dim=(1, 2)).tolist()
+    [3, 1]
+    """
+    position = torch.arange(width, device=lengths.device)
+    inside = position[None, :] < lengths[:, None]  # (B, L)
+    upper = position[:, None] < position[None, :]  # (L, L)
+    return upper[None] & inside[:, :, None] & inside[:, None, :]
+
+
+def pair_logits(model: nn.Module, batch: dict) -> torch.Tensor:
+    """(B, L, L) float32 logits of a batch (the head gives (L, L) for a single RNA)."""
+    logits = model(batch["representations"], lengths=batch["lengths"])
+    return (logits[None] if logits.dim() == 2 else logits).float()
+
+
+def structure_loss(model: nn.Module, batch: dict, pos_weight: float = 1.0) -> torch.Tensor:
+    """Summed binary cross-entropy over the cells ``i < j`` of every RNA of ``batch``.
+
+    ``pos_weight`` multiplies the loss of paired cells (pairs are ~1/L of the cells).
+    """
+    logits = pair_logits(model, batch)
+    mask = upper_triangle_mask(batch["lengths"], logits.shape[-1])
+    weight = None if pos_weight == 1.0 else torch.tensor(pos_weight, device=logits.device)
+    return F.binary_cross_entropy_with_logits(
+        logits[mask], batch["targets"][mask], pos_weight=weight, reduction="sum"
+    )
+
+
+# ---- threshold selection ----------------------------------------------------------------------
+
+
+def threshold_grid(start: float, stop: float, step: float) -> list[float]:
+    """``start, start + step, ..., stop`` (inclusive), rounded to remove float noise.
+
+    >>> threshold_grid(0.05, 0.95, 0.05)[:3], len(threshold_grid(0.05, 0.95, 0.05))
+    ([0.05, 0.1, 0.15], 19)
+    """
+    if step <= 0 or not 0 < start <= stop < 1:
+        raise ValueError(f"threshold grid needs 0 < start <= stop < 1 and step > 0, got {start} {stop} {step}")
+    count = int(round((stop - start) / step)) + 1
+    return [round(start + k * step, 10) for k in range(count)]
+
+
+def f1_by_threshold(probabilities: np.ndarray, reference: BasePairs, grid: Sequence[float]) -> np.ndarray:
+    """Strict F1 (:func:`protrna.metrics.score`) of ``probabilities > t`` for each ``t`` in ``grid``."""
+    target = reference.to_matrix(dtype=bool)
+    return np.array([score(decode_matrix(probabilities, t), target)["f1"] for t in grid])
+
+
+def pick_threshold(grid: Sequence[float], mean_f1: Sequence[float]) -> float:
+    """The grid value with the highest mean F1; among equal ones (within 1e-12) the middle one
+    (the lower of two middles), which keeps the most margin on both sides.
+
+    >>> pick_threshold([0.1, 0.2, 0.3, 0.4], [0.5, 0.7, 0.7, 0.7])
+    0.3
+    """
+    best = max(mean_f1)
+    tied = [t for t, f in zip(grid, mean_f1) if f >= best - 1e-12]
+    return tied[(len(tied) - 1) // 2]
+
+
+def select_threshold(
+    probabilities: Sequence[np.ndarray], references: Sequence[BasePairs], grid: Sequence[float]
+) -> tuple[float, np.ndarray]:
+    """The threshold maximising the mean per-sequence strict F1, and the mean F1 at each grid
+    value. Probabilities are decoded as the original does: ``p > t``, nothing else.
+
+    >>> p = np.zeros((4, 4)); p[0, 3] = p[3, 0] = 0.6; p[1, 2] = p[2, 1] = 0.3
+    >>> select_threshold([p], [BasePairs(4, [(0, 3)])], [0.2, 0.4, 0.8])[0]
+    0.4
+    """
+    if len(probabilities) != len(references) or not references:
+        raise ValueError("need one probability map per reference, and at least one")
+    total = sum(f1_by_threshold(p, r, grid) for p, r in zip(probabilities, references))
+    mean = total / len(references)
+    return pick_threshold(grid, mean), mean
+
+
+def _weights_digest(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for tensor in model.state_dict().values():
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+class StructureValidation:
+    """Validation loss and threshold choice, split over processes like
+    :func:`~protrna.train.loop.evaluate_loss` (every process runs the same number of forwards).
+
+    Calling it returns ``valid_loss`` (mean BCE per cell ``i < j``), ``valid_f1`` (best mean
+    strict F1 on the grid) and ``valid_threshold``; the whole curve is in :attr:`last`.
+    """
+
+    def __init__(self, accelerator: Accelerator, records: Sequence[StructureRecord], features: FeatureCache,
+                 grid: Sequence[float], *, batch_size: int, max_pairs: int | None, pos_weight: float):
+        self.accelerator = accelerator
+        self.records, self.features, self.grid = records, features, list(grid)
+        self.pos_weight = pos_weight
+        self.batches = fixed_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
+        self.last: dict | None = None
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> dict:
+        accelerator = self.accelerator
+        rank, world = accelerator.process_index, accelerator.num_processes
+        totals = torch.zeros(3 + len(self.grid), dtype=torch.float64)  # loss, cells, RNAs, F1 sums
+        for round_ in range(-(-len(self.batches) // world)):
+            index = round_ * world + rank
+            indices = self.batches[min(index, len(self.batches) - 1)]
+            batch = to_device(collate_structures(self.features, self.records, indices), accelerator.device)
+            logits = pair_logits(model, batch)
+            if index >= len(self.batches):
+                continue  # a repeated batch, run only to keep the processes in step
+            mask = upper_triangle_mask(batch["lengths"], logits.shape[-1])
+            weight = None if self.pos_weight == 1.0 else torch.tensor(self.pos_weight, device=logits.device)
+            totals[0] += F.binary_cross_entropy_with_logits(
+                logits[mask], batch["targets"][mask], pos_weight=weight, reduction="sum"
+            ).double().cpu()
+            totals[1] += batch["n_items"]
+            for row, record_index in enumerate(indices):
+                record = self.records[record_index]
+                n = len(record)
+                # As `protrna evaluate`: float32 logits -> probabilities -> p > threshold.
+                probabilities = sigmoid(logits[row, :n, :n].cpu().numpy()).astype(np.float32)
+                totals[3:] += torch.from_numpy(f1_by_threshold(probabilities, record.pairs, self.grid))
+                totals[2] += 1
+        totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+        mean_f1 = (totals[3:] / totals[2]).numpy()
+        threshold = pick_threshold(self.grid, mean_f1.tolist())
+        result = {
+            "valid_loss": (totals[0] / totals[1]).item(),
+            "valid_f1": float(mean_f1.max()),
+            "valid_threshold": threshold,
+        }
+        self.last = {
+            "result": result,
+            "mean_f1_by_threshold": dict(zip(map(str, self.grid), mean_f1.tolist())),
+            "digest": _weights_digest(accelerator.unwrap_model(model)),
+        }
+        return result
+
+    def final(self, model: nn.Module) -> dict:
+        """The evaluation of the weights as they are now (the last one, if they have not changed)."""
+        if self.last is None or self.last["digest"] != _weights_digest(self.accelerator.unwrap_model(model)):
+            model.eval()
+            self(model)
+        return self.last
+
+
+# ---- the command ------------------------------------------------------------------------------
+
+
+def head_config(args: argparse.Namespace, input_dim: int) -> RotaFormerConfig:
+    """The head's shape from the command line; the input width follows the language model."""
+    return RotaFormerConfig(
+        input_dim=input_dim,
+        single_dim=args.single_dim,
+        pair_dim=args.pair_dim,
+        num_blocks=args.num_blocks,
+        msa_heads=args.msa_heads,
+        pair_heads=args.pair_heads,
+        head_width=args.head_width,
+        outer_dim=args.outer_dim,
+        transition_factor=args.transition_factor,
+    )
+
+
+def save_head(accelerator: Accelerator, model: nn.Module, directory: Path, threshold: float, facts: dict) -> None:
+    """Write the trained head with ``threshold`` in its config, plus ``train_ss.json``; atomic."""
+    state = accelerator.get_state_dict(model)
+    if not accelerator.is_main_process:
+        return
+    config = dataclasses.replace(accelerator.unwrap_model(model).config, threshold=threshold)
+    head = RotaFormer(config)
+    head.load_state_dict(state)
+    temporary = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(temporary, ignore_errors=True)
+    head.save_pretrained(temporary)
+    (temporary / "train_ss.json").write_text(json.dumps(facts, indent=2) + "\n")
+    if directory.exists():
+        shutil.rmtree(directory)
+    temporary.rename(directory)
+    logger.info("final head written to %s (threshold %.2f)", directory, threshold)
+
+
+def train_ss(args: argparse.Namespace) -> dict:
+    """Run ``protrna train-ss`` with parsed arguments; returns the last log record."""
+    config = TrainConfig.from_args(args)
+    accelerator = make_accelerator(config)
+    if not accelerator.is_main_process:
+        logging.getLogger("protrna").setLevel(logging.WARNING)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    grid = threshold_grid(*args.threshold_grid)
+
+    train_records = read_structures(args.train, args.max_length, args.skip_invalid, "train")
+    valid_records = read_structures(args.valid, args.max_length, args.skip_invalid, "valid")
+
+    lm = prepare_model(args.model, args.lm_dtype, str(accelerator.device))
+    fingerprint = lm_fingerprint(lm)
+    check_resume_fingerprint(config.output_dir, config.resume, fingerprint)
+    settings = FeatureSettings(kinds=("per_tok",), storage_dtype=args.cache_dtype,
+                               window_overlap=args.window_overlap)
+    cache_dir = args.cache_dir or cache_root() / "features"
+    common = dict(fingerprint=fingerprint, lm_source=str(args.model), max_tokens=args.lm_max_tokens,
+                  is_main_process=accelerator.is_main_process, progress=accelerator.is_main_process)
+    train_features = cached_features(lm, [r.sequence for r in train_records], cache_dir, settings,
+                                     description="train features", **common)
+    valid_features = cached_features(lm, [r.sequence for r in valid_records], cache_dir, settings,
+                                     description="valid features", **common)
+    input_dim = lm.embed_dim
+    del lm  # the head trains on the cached features only
+    gc.collect()
+    if args.cache_only:
+        logger.info("features cached in %s and %s", train_features.path, valid_features.path)
+        return {"train_cache": str(train_features.path), "valid_cache": str(valid_features.path)}
+
+    set_seed(config.seed)  # the same initial head on every process
+    if args.init_head:
+        from ..pretrained import load_pretrained_model
+
+        head = load_pretrained_model(args.init_head)
+        if not isinstance(head, RotaFormer) or head.config.input_dim != input_dim:
+            raise ValueError(
+                f"--init-head {args.init_head} is not a RotaFormer head taking {input_dim}-wide "
+                "representations of this language model"
+            )
+        head = head.float().train()
+    else:
+        head = RotaFormer(head_config(args, input_dim))
+    head.gradient_checkpointing = args.gradient_checkpointing
+    parameters = sum(p.numel() for p in head.parameters())
+    logger.info("head: %s parameters, %d blocks, input width %d; %d process(es)",
+                f"{parameters:,}", head.config.num_blocks, input_dim, world)
+
+    sampler = LengthBucketBatches(
+        [len(r) for r in train_records], max_items=args.batch_size, max_cost=args.max_pairs,
+        cost=pair_cost, seed=config.seed, rank=rank, world_size=world,
+    )
+    batches = MappedBatches(sampler, functools.partial(collate_structures, train_features, train_records))
+    validation = StructureValidation(accelerator, valid_records, valid_features, grid,
+                                     batch_size=args.batch_size, max_pairs=args.max_pairs,
+                                     pos_weight=args.pos_weight)
+    run_info = {
+        "command": "train-ss",
+        "protrna_version": __version__,
+        "model": str(args.model),
+        "lm_fingerprint": fingerprint,
+        "lm_dtype": args.lm_dtype,
+        "train": str(args.train),
+        "valid": str(args.valid),
+        "train_records": len(train_records),
+        "valid_records": len(valid_records),
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "max_pairs": args.max_pairs,
+        "pos_weight": args.pos_weight,
+        "head": dataclasses.asdict(head.config),
+        "head_parameters": parameters,
+        "init_head": args.init_head,
+        "gradient_checkpointing": args.gradient_checkpointing,
+        "threshold_grid": grid,
+        "cache": {"train": str(train_features.path), "valid": str(valid_features.path),
+                  "dtype": args.cache_dtype},
+        "processes": world,
+    }
+
+    def save_final(accelerator: Accelerator, model: nn.Module, directory: Path) -> None:
+        chosen = validation.final(model)
+        facts = {
+            "model": str(args.model),
+            "lm_fingerprint": fingerprint,
+            "threshold": chosen["result"]["valid_threshold"],
+            "selected_on": str(args.valid),
+            "selection": "maximum mean per-sequence strict F1 (protrna.metrics.score) of p > t",
+            "valid_mean_f1_by_threshold": chosen["mean_f1_by_threshold"],
+            "valid_loss": chosen["result"]["valid_loss"],
+            "valid_f1": chosen["result"]["valid_f1"],
+            "steps": config.max_steps,
+            "protrna_version": __version__,
+        }
+        save_head(accelerator, model, directory, chosen["result"]["valid_threshold"], facts)
+
+    try:
+        return train(
+            config, accelerator, head, batches,
+            functools.partial(structure_loss, pos_weight=args.pos_weight),
+            evaluate=validation, save_final=save_final, run_info=run_info, description="train-ss",
+        )
+    finally:
+        train_features.close()
+        valid_features.close()
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train-ss",
+        help="train the RotaFormer structure head on a frozen language model",
+        description=(
+            "Train a RotaFormer secondary-structure head on the cached last-layer "
+            "representations of a frozen language model, choose its decision threshold on the "
+            "validation set, and write DIR/final for protrna fold / evaluate --head. "
+            "See docs/training.md."
+        ),
+    )
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="frozen language model: official name, .h5 or directory (default: %(default)s)")
+    parser.add_argument("--train", required=True, type=Path,
+                        help="training structures: 3-line .dbn, PDB .tsv, .bpseq/.ct or a folder of them")
+    parser.add_argument("--valid", required=True, type=Path,
+                        help="validation structures: loss, F1 and the threshold choice")
+    parser.add_argument("--max-length", type=int, default=None, metavar="NT",
+                        help="skip (and count) RNAs longer than this, in both sets (default: keep all)")
+    parser.add_argument("--skip-invalid", action="store_true",
+                        help="leave out (and log) records with letters that are no nucleotide code")
+    data = parser.add_argument_group("batches and loss")
+    data.add_argument("--batch-size", type=int, default=8, help="RNAs per micro-batch at most (default %(default)s)")
+    data.add_argument("--max-pairs", type=int, default=DEFAULT_MAX_PAIRS,
+                      help="B x L_max^2 pair cells per micro-batch at most; a longer RNA goes alone "
+                      "(default %(default)s)")
+    data.add_argument("--pos-weight", type=float, default=1.0,
+                      help="loss weight of paired cells relative to unpaired (default %(default)s)")
+    data.add_argument("--threshold-grid", type=float, nargs=3, default=DEFAULT_GRID,
+                      metavar=("START", "STOP", "STEP"), help="thresholds tried on --valid (default 0.05 0.95 0.05)")
+    head = parser.add_argument_group("head shape (defaults: the released ssHead_RF_bprna)")
+    defaults = RotaFormerConfig()
+    for flag, name in (("--num-blocks", "num_blocks"), ("--single-dim", "single_dim"), ("--pair-dim", "pair_dim"),
+                       ("--msa-heads", "msa_heads"), ("--pair-heads", "pair_heads"),
+                       ("--head-width", "head_width"), ("--outer-dim", "outer_dim"),
+                       ("--transition-factor", "transition_factor")):
+        head.add_argument(flag, type=int, default=getattr(defaults, name), help="default %(default)s")
+    head.add_argument("--init-head", default=None,
+                      help="start from this head (official name, .h5 or directory) instead of a random one")
+    head.add_argument("--gradient-checkpointing", action="store_true",
+                      help="recompute each block in the backward pass: far less memory, ~1/3 more time")
+    cache = parser.add_argument_group("language-model feature cache")
+    cache.add_argument("--cache-dir", type=Path, default=None,
+                       help="where cached representations live (default: <PROTRNA_HOME or ~/.cache/protrna>/features)")
+    cache.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default="float32",
+                       help="storage precision of the cache (default %(default)s; float16/bfloat16 halve the disk)")
+    cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                       help="precision the language model runs in (default %(default)s)")
+    cache.add_argument("--lm-max-tokens", type=int, default=None,
+                       help="language-model token budget per batch (default: 4096 on CPU, 16384 on GPU)")
+    cache.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
+                       help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
+    cache.add_argument("--cache-only", action="store_true",
+                       help="compute the cached features and stop (e.g. once, before a multi-GPU run)")
+    add_training_arguments(parser, lr=1e-3, warmup_steps=200, max_steps=20_000, eval_every=500, save_every=500)
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    train_ss(args)
+    return 0

@@ -1,0 +1,136 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from protrna.data.records import InvalidRecordError
+from protrna.fold import StructurePredictor, fold_fasta, safe_file_names
+from protrna.heads.ss import RotaFormer, RotaFormerConfig
+from protrna.structure import read_bpseq, read_ct, read_dbn, resolve_conflicts
+
+
+@pytest.fixture
+def tiny_head():
+    torch.manual_seed(1)
+    return RotaFormer(RotaFormerConfig(input_dim=64, num_blocks=1)).eval()
+
+
+def write_fasta(path, records):
+    path.write_text("".join(f">{name}\n{seq}\n" for name, seq in records))
+    return path
+
+
+RECORDS = [("r/1", "GGGAAACUUCGGUUCCC"), ("r2", "acgtnNNAUGCAGG"), ("r3", "GGAUCCUAGC" * 3)]
+
+
+def direct_probabilities(lm, head, sequence):
+    """Reference: the original's path for one sequence (LM, representations[last], head)."""
+    with torch.no_grad():
+        tokens = lm.alphabet.get_batch_converter()([sequence])
+        reps = lm(tokens, repr_layers=[lm.num_layers])["representations"][lm.num_layers]
+        return torch.sigmoid(head(reps)).numpy()
+
+
+def test_fold_writes_every_format_consistent_with_the_probabilities(tiny_model, tiny_head, tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    out = tmp_path / "out"
+    path = fold_fasta(fasta, out, tiny_model, tiny_head, formats=["dbn", "bpseq", "ct"], threshold=0.5,
+                      probabilities=True, plot=True, progress=False)
+    records = list(read_dbn(path))
+    assert [r.id for r in records] == [r[0] for r in RECORDS], "input order"
+    names = safe_file_names([r[0] for r in RECORDS])
+    assert names[0] == "r_1"
+    for record, name, (_, sequence) in zip(records, names, RECORDS):
+        probabilities = np.load(out / f"{name}.npy")
+        np.testing.assert_allclose(probabilities, direct_probabilities(tiny_model, tiny_head, sequence), atol=1e-5)
+        expected = resolve_conflicts(probabilities, 0.5, sequence=sequence)
+        assert record.pairs == expected
+        assert read_bpseq(out / f"{name}.bpseq").pairs == expected
+        assert read_ct(out / f"{name}.ct").pairs == expected
+        assert (out / f"{name}.png").stat().st_size > 1000
+    settings = json.loads((out / "fold_settings.json").read_text())
+    assert settings["threshold"] == 0.5
+    assert not (out / "predictions.dbn.partial").exists()
+
+
+def test_decoding_options_reach_the_structures(tiny_model, tiny_head, tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    path = fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, threshold=0.0, canonical_only=True,
+                      min_hairpin=3, progress=False)
+    for record in read_dbn(path):
+        sequence = record.sequence.upper().replace("T", "U")
+        assert len(record.pairs.to_list()) > 0
+        for i, j in record.pairs:
+            assert j - i > 3 and sequence[i] + sequence[j] in {"AU", "UA", "GC", "CG", "GU", "UG"}
+
+
+def test_long_rna_uses_windows_for_the_lm_and_the_full_length_for_the_head(tiny_model, tiny_head):
+    rng = np.random.default_rng(0)
+    sequence = "".join(rng.choice(list("ACGU"), 600))
+    (result,) = StructurePredictor(tiny_model, tiny_head).predict([("long", sequence)])
+    assert result.probabilities.shape == (600, 600)
+    np.testing.assert_allclose(result.probabilities, result.probabilities.T, atol=1e-6)
+
+
+def test_batched_head_equals_one_at_a_time(tiny_model, tiny_head):
+    records = [(f"s{i}", "GGAUCCUAGCAUGC"[: 5 + i]) for i in range(8)]
+    batched = {p.id: p.probabilities for p in StructurePredictor(tiny_model, tiny_head, max_pairs=10**6).predict(records)}
+    single = {p.id: p.probabilities for p in StructurePredictor(tiny_model, tiny_head, max_pairs=1).predict(records)}
+    for key in single:
+        np.testing.assert_allclose(batched[key], single[key], atol=2e-5)
+
+
+class InterruptedHead(RotaFormer):
+    """A real head that is interrupted (as by Ctrl-C) at its n-th call."""
+
+    def __init__(self, head, fail_at):
+        super().__init__(head.config)
+        self.load_state_dict(head.state_dict())
+        self.calls, self.fail_at = 0, fail_at
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == self.fail_at:
+            raise KeyboardInterrupt
+        return super().forward(*args, **kwargs)
+
+
+def test_interrupted_fold_resumes(tiny_model, tiny_head, tmp_path):
+    records = [(f"s{i}", "GGAUCCUAGC" * (1 + i % 4)) for i in range(12)]
+    fasta = write_fasta(tmp_path / "in.fa", records)
+    reference = list(read_dbn(fold_fasta(fasta, tmp_path / "ref", tiny_model, tiny_head, progress=False)))
+    out = tmp_path / "out"
+    one_at_a_time = dict(max_pairs=1)  # one head call per record
+    with pytest.raises(KeyboardInterrupt):
+        fold_fasta(fasta, out, progress=False,
+                   predictor=StructurePredictor(tiny_model, InterruptedHead(tiny_head, 5), **one_at_a_time))
+    partial = out / "predictions.dbn.partial"
+    assert partial.exists() and not (out / "predictions.dbn").exists()
+    with open(partial, "a") as handle:  # a record torn by a kill
+        handle.write(">s11\nGGAUCC")
+    resumed = InterruptedHead(tiny_head, -1)
+    path = fold_fasta(fasta, out, progress=False, predictor=StructurePredictor(tiny_model, resumed, **one_at_a_time))
+    assert resumed.calls == len(records) - 4, "only the records not yet written are folded again"
+    assert [(r.id, r.sequence, r.dot_bracket) for r in read_dbn(path)] == [
+        (r.id, r.sequence, r.dot_bracket) for r in reference]
+
+
+def test_other_settings_in_the_same_directory_are_refused(tiny_model, tiny_head, tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, progress=False)
+    with pytest.raises(FileExistsError, match="other settings"):
+        fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, threshold=0.9, progress=False)
+
+
+def test_bad_records(tiny_model, tiny_head, tmp_path):
+    fasta = write_fasta(tmp_path / "bad.fa", [("a", "ACGU"), ("b", "ACGUZ")])
+    with pytest.raises(InvalidRecordError, match=r"'b'.*'Z' at position 5"):
+        fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, progress=False)
+    path = fold_fasta(fasta, tmp_path / "o2", tiny_model, tiny_head, skip_invalid=True, progress=False)
+    assert [r.id for r in read_dbn(path)] == ["a"]
+
+
+def test_head_must_fit_the_language_model(tiny_model):
+    with pytest.raises(ValueError, match="64"):
+        StructurePredictor(tiny_model, RotaFormer(RotaFormerConfig(input_dim=32, num_blocks=1)))
