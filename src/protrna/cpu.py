@@ -40,7 +40,7 @@ class PackedLinear(nn.Module):
     True
     """
 
-    def __init__(self, linear: nn.Linear, activation: str = "none", rows_hint: int = 4096):
+    def __init__(self, linear: nn.Linear, activation: str = "none", rows_hint: int = 1536):
         super().__init__()
         if activation not in ("none", "gelu"):
             raise ValueError(f"unsupported activation {activation!r}")
@@ -73,7 +73,7 @@ class _FusedIntermediate(nn.Module):
         return self.dense(hidden_states)
 
 
-def pack_for_cpu_inference(model, rows_hint: int = 4096) -> Callable[[], None] | None:
+def pack_for_cpu_inference(model, rows_hint: int = 1536) -> Callable[[], None] | None:
     """Swap the transformer's linear layers of a CPU :class:`~protrna.ProtRNA` for packed ones.
 
     Call after the model has its final dtype (float32 or bfloat16), for inference only. Returns
@@ -99,10 +99,17 @@ def pack_for_cpu_inference(model, rows_hint: int = 4096) -> Callable[[], None] |
         swap(layer.output, "dense", PackedLinear(layer.output.dense, rows_hint=rows_hint))
     model.packed_for_cpu = True
     log.debug("packed %d transformer blocks for oneDNN", len(model.lm.esm.encoder.layer))
+    # In bfloat16 on CPU, plain matmul + softmax attention beat the SDPA kernel by ~5 % at ESM's
+    # 64-wide heads (benchmarks/bench_embed.py); in float32 SDPA is as fast or faster.
+    attention = model.lm.config._attn_implementation
+    if model.dtype == torch.bfloat16 and attention != "eager":
+        model.lm.set_attn_implementation("eager")
 
     def restore() -> None:
         for parent, name, original in reversed(swapped):
             setattr(parent, name, original)
+        if model.lm.config._attn_implementation != attention:
+            model.lm.set_attn_implementation(attention)
         model.packed_for_cpu = False
 
     return restore

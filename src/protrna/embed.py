@@ -306,8 +306,9 @@ def _pending_chunks(records: Iterator[FastaRecord], pending: np.ndarray):
 
 
 def default_max_tokens(device: torch.device) -> int:
-    """Token budget per batch: larger batches only pay off on a GPU."""
-    return 16_384 if device.type == "cuda" else 4_096
+    """Token budget per batch. On CPU, batches of ~1,000-1,500 tokens run fastest (larger ones
+    fall out of the caches; benchmarks/bench_embed.py); GPUs want large batches."""
+    return 16_384 if device.type == "cuda" else 1_536
 
 
 def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | None = None) -> ProtRNA:
@@ -358,7 +359,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "bfloat16 is several times faster on CPUs with AVX-512 BF16 and on GPUs)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
     parser.add_argument("--max-tokens", type=int, default=None,
-                        help="token budget per batch (default: 4096 on CPU, 16384 on GPU)")
+                        help="token budget per batch (default: 1536 on CPU, 16384 on GPU)")
     parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
                         help="overlap of the 510-nt windows covering longer RNAs (default: %(default)s)")
     parser.add_argument("--skip-invalid", action="store_true",

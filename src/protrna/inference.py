@@ -131,7 +131,7 @@ class WindowedEncoder:
         self,
         model: ProtRNA,
         layers: Sequence[int],
-        max_tokens: int = 4096,
+        max_tokens: int = 1536,
         window: int = MAX_RESIDUES,
         overlap: int = DEFAULT_OVERLAP,
     ):

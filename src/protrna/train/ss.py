@@ -475,7 +475,7 @@ def add_parser(subparsers) -> None:
     cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="precision the language model runs in (default %(default)s)")
     cache.add_argument("--lm-max-tokens", type=int, default=None,
-                       help="language-model token budget per batch (default: 4096 on CPU, 16384 on GPU)")
+                       help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
     cache.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
                        help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
     cache.add_argument("--cache-only", action="store_true",
