@@ -324,13 +324,9 @@ def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | 
         if torch_dtype is None:
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
     if isinstance(model, (str, Path)):
-        from .pretrained import load_pretrained_model
+        from .pretrained import load_pretrained_as
 
-        source = str(model)
-        model = load_pretrained_model(source)
-        if not isinstance(model, ProtRNA):
-            raise ValueError(f"{source} is not a language model (it loads as {type(model).__name__})")
-        model.source = source
+        model = load_pretrained_as(model, ProtRNA, "a language model")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = torch_dtype or torch.float32
     target = torch.device(device) if device else model.device

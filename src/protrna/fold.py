@@ -134,13 +134,9 @@ def load_predictor(
     """Load language model and head (names, paths or modules) onto one device, ready to predict."""
     lm = prepare_model(model, dtype, device)
     if isinstance(head, (str, Path)):
-        from .pretrained import load_pretrained_model
+        from .pretrained import load_pretrained_as
 
-        source = str(head)
-        head = load_pretrained_model(source)
-        if not isinstance(head, RotaFormer):
-            raise ValueError(f"{source} is not a structure head (it loads as {type(head).__name__})")
-        head.source = source
+        head = load_pretrained_as(head, RotaFormer, "a structure head")
     head = head.to(device=lm.device, dtype=lm.dtype)
     max_tokens = max_tokens or default_max_tokens(lm.device)
     if isinstance(model, (str, Path)):

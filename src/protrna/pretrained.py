@@ -116,6 +116,16 @@ def load_pretrained_model(
     return model
 
 
+def load_pretrained_as(source: str | os.PathLike, expected: type, what: str) -> nn.Module:
+    """:func:`load_pretrained_model`, checked to give an ``expected`` model (``what`` names it in
+    the error); the model remembers its ``source`` for the settings that jobs record."""
+    model = load_pretrained_model(source)
+    if not isinstance(model, expected):
+        raise ValueError(f"{source} is not {what} (it loads as {type(model).__name__})")
+    model.source = str(source)
+    return model
+
+
 # ---- original h5 files ------------------------------------------------------------------
 
 

@@ -5,5 +5,8 @@
 * :mod:`.checkpoint` - atomic checkpoints with exact resume;
 * :mod:`.schedule` - linear warmup + cosine learning rate;
 * :mod:`.transfer` - ESM-2 -> ProtRNA: loading the source, growing the vocabulary, freezing;
-* :mod:`.pretrain` - ``protrna pretrain``, masked-LM transfer training.
+* :mod:`.pretrain` - ``protrna pretrain``, masked-LM transfer training;
+* :mod:`.features` - on-disk cache of frozen language-model features, shared by the next two;
+* :mod:`.ss` - ``protrna train-ss``, the RotaFormer structure head on a frozen language model;
+* :mod:`.finetune` - ``protrna finetune``, sequence / nucleotide heads, optionally with LoRA.
 """

@@ -351,10 +351,10 @@ def train_ss(args: argparse.Namespace) -> dict:
 
     set_seed(config.seed)  # the same initial head on every process
     if args.init_head:
-        from ..pretrained import load_pretrained_model
+        from ..pretrained import load_pretrained_as
 
-        head = load_pretrained_model(args.init_head)
-        if not isinstance(head, RotaFormer) or head.config.input_dim != input_dim:
+        head = load_pretrained_as(args.init_head, RotaFormer, "a structure head")
+        if head.config.input_dim != input_dim:
             raise ValueError(
                 f"--init-head {args.init_head} is not a RotaFormer head taking {input_dim}-wide "
                 "representations of this language model"
