@@ -38,7 +38,7 @@ from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
 from .heads.ss import RotaFormer
 from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
 from .model import ProtRNA
-from .structure import BasePairs, StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
+from .structure import StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
 
 log = logging.getLogger(__name__)
 

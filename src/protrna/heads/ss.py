@@ -35,19 +35,18 @@ import contextlib
 import ctypes
 import ctypes.util
 import dataclasses
-import json
 import os
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .saving import SavedHead
 
 #: ``config.json`` marker that tells a head directory from a language-model directory.
 MODEL_TYPE = "protrna-rotaformer"
@@ -732,7 +731,7 @@ class Embedding(nn.Module):
 # ---- the head ----------------------------------------------------------------------------------
 
 
-class RotaFormer(nn.Module):
+class RotaFormer(SavedHead):
     """ProtRNA's secondary-structure head: LM representations => base-pair logits.
 
     >>> head = RotaFormer(RotaFormerConfig(input_dim=8, num_blocks=1)).eval()
@@ -753,6 +752,10 @@ class RotaFormer(nn.Module):
     CPU inference runs chunks of rows on ``head.chunk_threads`` threads (None: PyTorch's
     ``torch.get_num_threads()``), each op single-threaded; 1 leaves threading to PyTorch.
     """
+
+    model_type = MODEL_TYPE
+    config_class = RotaFormerConfig
+    description = "RotaFormer head"
 
     def __init__(self, config: RotaFormerConfig | None = None):
         super().__init__()
@@ -838,34 +841,3 @@ class RotaFormer(nn.Module):
         if pair_mask is not None:
             logits = logits.masked_fill(~pair_mask, 0.0)
         return logits
-
-    # ---- saving and loading ---------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` (with ``"model_type": "protrna-rotaformer"``) and
-        ``model.safetensors`` to ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, dtype: torch.dtype | None = None) -> "RotaFormer":
-        """Load a directory written by :meth:`save_pretrained`, in eval mode, in the stored dtype
-        unless ``dtype`` is given."""
-        directory = Path(directory)
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory}: no config.json; not a saved RotaFormer head")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{config_path}: model_type is not {MODEL_TYPE!r}; not a RotaFormer head directory")
-        known = {field.name for field in dataclasses.fields(RotaFormerConfig)}
-        head = cls(RotaFormerConfig(**{k: v for k, v in raw.items() if k in known}))
-        state = load_file(str(directory / "model.safetensors"))
-        stored = next(iter(state.values())).dtype
-        head.load_state_dict(state)
-        return head.to(dtype or stored).eval()

@@ -16,12 +16,11 @@ linear probe).
 from __future__ import annotations
 
 import dataclasses
-import json
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from .saving import SavedHead
 
 TASKS = ("classification", "regression", "token-classification")
 POOLINGS = ("mean", "bos")
@@ -87,13 +86,17 @@ def pool(hidden: torch.Tensor, lengths: torch.Tensor, pooling: str) -> torch.Ten
     return summed / lengths[:, None].to(hidden.dtype)
 
 
-class TaskHead(nn.Module):
+class TaskHead(SavedHead):
     """Representations => task outputs; see the module docstring.
 
     >>> head = TaskHead(TaskHeadConfig("classification", input_dim=8, labels=["a", "b", "c"]))
     >>> head(torch.randn(4, 8)).shape, head(torch.randn(2, 5, 8)).shape
     (torch.Size([4, 3]), torch.Size([2, 5, 3]))
     """
+
+    model_type = MODEL_TYPE
+    config_class = TaskHeadConfig
+    description = "fine-tuned task head"
 
     def __init__(self, config: TaskHeadConfig):
         super().__init__()
@@ -110,27 +113,3 @@ class TaskHead(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(..., input_dim) => (..., num_outputs) logits (or standardised values)."""
         return self.layers(features)
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"model_type": MODEL_TYPE, **dataclasses.asdict(self.config)}
-        (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "TaskHead":
-        """Load a directory written by :meth:`save_pretrained`, in eval mode."""
-        directory = Path(directory)
-        config_path = directory / "config.json"
-        if not config_path.is_file():
-            raise FileNotFoundError(f"{directory}: no config.json; not a fine-tuned task head")
-        raw = json.loads(config_path.read_text())
-        if raw.pop("model_type", None) != MODEL_TYPE:
-            raise ValueError(f"{config_path}: model_type is not {MODEL_TYPE!r}; not a task head directory")
-        head = cls(TaskHeadConfig(**raw))
-        head.load_state_dict(load_file(str(directory / "model.safetensors")))
-        return head.eval()
