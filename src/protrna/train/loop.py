@@ -180,7 +180,14 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     environment as a multi-process CPU run (gloo); otherwise every process would train alone.
     """
     no_accelerator = not torch.accelerator.is_available()
-    return Accelerator(mixed_precision="bf16" if config.bf16 else None, cpu=no_accelerator)
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else None, cpu=no_accelerator)
+    engine = accelerator.distributed_type.value
+    if accelerator.is_fsdp2:
+        engine += "2"
+    if accelerator.is_main_process:  # which engine the launcher's settings actually gave
+        logger.info("engine: %s, %d process(es) on %s, mixed precision %s", engine,
+                    accelerator.num_processes, accelerator.device.type, accelerator.mixed_precision)
+    return accelerator
 
 
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
