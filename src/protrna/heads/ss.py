@@ -65,6 +65,13 @@ _TRANSITION_POSITIONS = 4096
 # Attention logits are formed for at most this many entries (rows x L x L) at once, per head.
 _LOGITS_ELEMENTS = 1 << 19
 
+# Shorter RNAs leave CPU threading to PyTorch's intra-op threads by default: their ops are too
+# small for chunk threads to pay off. On the reference 2-core CPU (12 blocks) intra-op threads
+# took 0.12 / 0.39 / 1.07 s in bf16 at L = 50 / 100 / 150, chunk threads 0.25 / 0.47 / 1.10 s
+# (fp32 at L = 50 and 150: 0.17 / 1.64 s against 0.26 / 1.75 s). From L = 200 the two were within
+# the run-to-run noise (+-10 %), and chunk threads degrade less when another process holds a core.
+_CHUNK_THREADS_MIN_LENGTH = 176
+
 
 @dataclasses.dataclass
 class RotaFormerConfig:
@@ -749,8 +756,9 @@ class RotaFormer(SavedHead):
     For training, ``head.gradient_checkpointing = True`` keeps only each block's input for the
     backward pass.
 
-    CPU inference runs chunks of rows on ``head.chunk_threads`` threads (None: PyTorch's
-    ``torch.get_num_threads()``), each op single-threaded; 1 leaves threading to PyTorch.
+    CPU inference runs chunks of rows on ``head.chunk_threads`` threads, each op
+    single-threaded; 1 leaves threading to PyTorch. None (the default): PyTorch's
+    ``torch.get_num_threads()`` chunk threads for L >= 176, PyTorch's own threading below.
     """
 
     model_type = MODEL_TYPE
@@ -797,7 +805,7 @@ class RotaFormer(SavedHead):
         on_cpu = representations.device.type == "cpu"
         threads = 1
         if on_cpu and not torch.is_grad_enabled():
-            threads = self.chunk_threads or torch.get_num_threads()
+            threads = self.chunk_threads or (torch.get_num_threads() if L >= _CHUNK_THREADS_MIN_LENGTH else 1)
         chunk_size = chunk_size or auto_chunk_size(L, self.config.pair_dim, threads)
 
         x = representations[:, 1:-1].to(self.dtype)  # BOS and EOS off, as the original
