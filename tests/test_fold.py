@@ -65,6 +65,25 @@ def test_decoding_options_reach_the_structures(tiny_model, tiny_head, tmp_path):
             assert j - i > 3 and sequence[i] + sequence[j] in {"AU", "UA", "GC", "CG", "GU", "UG"}
 
 
+def test_matching_resolution_keeps_at_least_the_greedy_weight(tiny_model, tiny_head, tmp_path):
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    structures = {}
+    for method in ("greedy", "matching"):
+        out = tmp_path / method
+        fold_fasta(fasta, out, tiny_model, tiny_head, threshold=0.0, resolve=method, probabilities=True,
+                   progress=False)
+        structures[method] = {r.id: r for r in read_dbn(out / "predictions.dbn")}
+    for record_id, greedy in structures["greedy"].items():
+        probabilities = np.load(tmp_path / "greedy" / f"{safe_file_names([record_id])[0]}.npy")
+        matched = structures["matching"][record_id].pairs
+        assert len(matched.multi_partner_bases()) == 0
+        weight = {name: sum(probabilities[i, j] for i, j in pairs) for name, pairs in
+                  (("greedy", greedy.pairs), ("matching", matched))}
+        assert weight["matching"] >= weight["greedy"] - 1e-6
+    with pytest.raises(ValueError, match="--resolve takes"):
+        fold_fasta(fasta, tmp_path / "bad", tiny_model, tiny_head, resolve="best", progress=False)
+
+
 def test_long_rna_uses_windows_for_the_lm_and_the_full_length_for_the_head(tiny_model, tiny_head):
     rng = np.random.default_rng(0)
     sequence = "".join(rng.choice(list("ACGU"), 600))

@@ -323,6 +323,52 @@ def test_resolve_conflicts_options():
         resolve_conflicts(probabilities, sequence="GGG")
 
 
+def _weight(probabilities, pairs):
+    return sum(probabilities[i, j] for i, j in pairs)
+
+
+def _best_weight_by_enumeration(probabilities, threshold):
+    """The largest sum over every set of disjoint candidate pairs, by trying them all."""
+    length = probabilities.shape[0]
+
+    def best(free):
+        if len(free) < 2:
+            return 0.0
+        first, rest = free[0], free[1:]
+        options = [best(rest)]  # the first base unpaired
+        for k, other in enumerate(rest):
+            p = probabilities[min(first, other), max(first, other)]
+            if p > threshold:
+                options.append(p + best(rest[:k] + rest[k + 1 :]))
+        return max(options)
+
+    return best(tuple(range(length)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matching_finds_the_heaviest_set_of_pairs(seed):
+    probabilities = _random_probabilities(9, seed=seed)
+    matched = resolve_conflicts(probabilities, threshold=0.3, method="matching")
+    assert len(matched.multi_partner_bases()) == 0
+    assert all(probabilities[i, j] > 0.3 for i, j in matched)
+    assert _weight(probabilities, matched) == pytest.approx(_best_weight_by_enumeration(probabilities, 0.3))
+
+
+def test_matching_never_loses_to_greedy_and_keeps_the_filters():
+    sequence = "GGGAAAUCCCAAAUGCGCAUUAGCGGAUCCAGUC" * 3
+    probabilities = _random_probabilities(len(sequence), seed=7)
+    greedy = resolve_conflicts(probabilities, threshold=0.1)
+    matched = resolve_conflicts(probabilities, threshold=0.1, method="matching")
+    assert _weight(probabilities, matched) >= _weight(probabilities, greedy) - 1e-12
+    filtered = resolve_conflicts(probabilities, threshold=0.1, sequence=sequence, canonical_only=True,
+                                 min_hairpin=3, method="matching")
+    assert len(filtered.to_list()) > 0
+    assert all(j - i > 3 and is_canonical(sequence[i], sequence[j]) for i, j in filtered)
+    BasePairs.from_dot_bracket(matched.to_dot_bracket())  # writable
+    with pytest.raises(ValueError, match="method must be one of"):
+        resolve_conflicts(probabilities, method="optimal")
+
+
 @pytest.mark.parametrize("a, b", list(itertools.product("ACGUTacgutN", repeat=2)))
 def test_canonical_pairs(a, b):
     letters = {a.upper().replace("T", "U"), b.upper().replace("T", "U")}

@@ -38,7 +38,7 @@ from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
 from .heads.ss import RotaFormer
 from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
 from .model import ProtRNA
-from .structure import StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
+from .structure import CONFLICT_METHODS, StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
 
 log = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def fold_fasta(
     plot: bool = False,
     canonical_only: bool = False,
     min_hairpin: int = 0,
+    resolve: str = "greedy",
     dtype: str | None = None,
     device: str | None = None,
     max_tokens: int | None = None,
@@ -216,14 +217,17 @@ def fold_fasta(
 ) -> Path:
     """Predict the structure of every record of ``fasta`` into ``output_dir`` (see module doc).
 
-    ``threshold`` defaults to the head's own (0.25 for the official head). Returns the path of
-    ``predictions.dbn``.
+    ``threshold`` defaults to the head's own (0.25 for the official head); ``resolve``,
+    ``canonical_only`` and ``min_hairpin`` are those of :func:`protrna.structure.resolve_conflicts`
+    (``resolve`` is its ``method``). Returns the path of ``predictions.dbn``.
     """
     fasta, output_dir = Path(fasta), Path(output_dir)
     formats = list(dict.fromkeys(formats))
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"--format takes {', '.join(FORMATS)}; got {unknown}")
+    if resolve not in CONFLICT_METHODS:
+        raise ValueError(f"--resolve takes {', '.join(CONFLICT_METHODS)}; got {resolve!r}")
     if not fasta.is_file():
         raise FileNotFoundError(f"input {fasta} does not exist")
     valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid)]
@@ -239,6 +243,7 @@ def fold_fasta(
         "threshold": threshold,
         "canonical_only": canonical_only,
         "min_hairpin": min_hairpin,
+        "resolve": resolve,
         "dtype": str(predictor.lm.dtype).removeprefix("torch."),
         "window_overlap": window_overlap,
         "formats": formats,
@@ -278,7 +283,7 @@ def fold_fasta(
     ) as bar:
         for result in predictor.predict(todo):
             pairs = resolve_conflicts(result.probabilities, threshold, sequence=result.sequence,
-                                      canonical_only=canonical_only, min_hairpin=min_hairpin)
+                                      canonical_only=canonical_only, min_hairpin=min_hairpin, method=resolve)
             record = StructureRecord(result.id, result.sequence, pairs)
             _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
                                 probabilities, plot, threshold)
@@ -338,6 +343,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--canonical-only", action="store_true", help="keep only AU, GC and GU pairs")
     parser.add_argument("--min-hairpin", type=int, default=0,
                         help="minimum hairpin loop length, e.g. 3 (default: 0, no filter)")
+    parser.add_argument("--resolve", choices=CONFLICT_METHODS, default="greedy",
+                        help="one partner per base: most probable pairs first (greedy, default) or the "
+                        "exact maximum-weight matching (matching)")
     parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy")
     parser.add_argument("--plot", action="store_true", help="save a PNG per record")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
@@ -352,7 +360,7 @@ def _run(args: argparse.Namespace) -> int:
     path = fold_fasta(
         args.input, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
         probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
-        min_hairpin=args.min_hairpin, dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
+        min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
         skip_invalid=args.skip_invalid, progress=not args.quiet,
     )
     print(path)
