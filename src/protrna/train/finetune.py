@@ -287,8 +287,6 @@ def finetune(args: argparse.Namespace) -> dict:
         raise ValueError("--train and --task are needed to train (or --predict DIR/final --input FILE to predict)")
     config = TrainConfig.from_args(args)
     accelerator = make_accelerator(config)
-    if not accelerator.is_main_process:
-        logging.getLogger("protrna").setLevel(logging.WARNING)
     rank, world = accelerator.process_index, accelerator.num_processes
     task = args.task
     input_format = _input_format(args)

@@ -178,15 +178,18 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
 
     On a machine without GPU, ``cpu=True`` is what makes accelerate read ``torchrun``'s
     environment as a multi-process CPU run (gloo); otherwise every process would train alone.
+    Processes other than the main one log warnings only.
     """
     no_accelerator = not torch.accelerator.is_available()
     accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else None, cpu=no_accelerator)
     engine = accelerator.distributed_type.value
     if accelerator.is_fsdp2:
         engine += "2"
-    if accelerator.is_main_process:  # which engine the launcher's settings actually gave
-        logger.info("engine: %s, %d process(es) on %s, mixed precision %s", engine,
-                    accelerator.num_processes, accelerator.device.type, accelerator.mixed_precision)
+    if not accelerator.is_main_process:  # one process speaks for the run
+        logging.getLogger("protrna").setLevel(logging.WARNING)
+    # Which engine the launcher's settings actually gave.
+    logger.info("engine: %s, %d process(es) on %s, mixed precision %s", engine, accelerator.num_processes,
+                accelerator.device.type, accelerator.mixed_precision)
     return accelerator
 
 

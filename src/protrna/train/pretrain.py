@@ -84,8 +84,6 @@ def pretrain(args: argparse.Namespace) -> dict:
     """Run ``protrna pretrain`` with parsed arguments; returns the last log record."""
     config = TrainConfig.from_args(args)
     accelerator = make_accelerator(config)
-    if not accelerator.is_main_process:
-        logging.getLogger("protrna").setLevel(logging.WARNING)
     rank, world = accelerator.process_index, accelerator.num_processes
     max_tokens = args.max_tokens if args.max_tokens or args.batch_size else DEFAULT_MAX_TOKENS
 

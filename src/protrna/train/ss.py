@@ -322,8 +322,6 @@ def train_ss(args: argparse.Namespace) -> dict:
     """Run ``protrna train-ss`` with parsed arguments; returns the last log record."""
     config = TrainConfig.from_args(args)
     accelerator = make_accelerator(config)
-    if not accelerator.is_main_process:
-        logging.getLogger("protrna").setLevel(logging.WARNING)
     rank, world = accelerator.process_index, accelerator.num_processes
     grid = threshold_grid(*args.threshold_grid)
 
