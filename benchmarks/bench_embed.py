@@ -39,10 +39,11 @@ def hardware() -> str:
 
     cpu = platform.processor() or "unknown CPU"
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
     except OSError:
         pass
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"

@@ -1,0 +1,148 @@
+"""Where the RotaFormer head's time goes: seconds per Evoformer module, and per kind of operation.
+
+Two views of one Evoformer block (released widths, random weights) on one RNA of each length:
+
+* **Modules**, run as the head runs (all threads, its own CPU settings): seconds of each of the
+  block's eight updates, the average over the timed blocks.
+* **Operations**, from ``torch.profiler`` with one thread (so that self times add up to the wall
+  time): matrix products (oneDNN linear layers, batched matmuls, the convolution), softmax,
+  layer norm, copies and casts (layout changes, dtype conversions), and the other element-wise
+  work (residual adds, gates, masks).
+
+The head's benchmark (``bench_ss_head.py``) gives the totals; this script says which part to work
+on. Matrix products are the only part that runs near the CPU's peak.
+
+    python benchmarks/profile_ss_head.py                                  # bf16, L = 100 300
+    python benchmarks/profile_ss_head.py --lengths 150 --dtype fp32 --blocks 3
+    python benchmarks/profile_ss_head.py --json benchmarks/results/ss_head_profile_cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from protrna.heads.ss import RotaFormer, RotaFormerConfig
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_ss_head import hardware  # noqa: E402 - after the path is set
+
+#: Profiler op names (self time) by kind; anything else is "other element-wise".
+KINDS = {
+    "matrix products": (
+        "mkldnn::_linear_pointwise", "aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::mkldnn_convolution"
+    ),
+    "softmax": ("aten::_softmax",),
+    "layer norm": ("aten::native_layer_norm",),
+    "copies and casts": ("aten::copy_",),
+}
+
+
+def module_seconds(head: RotaFormer, representations: torch.Tensor, repeats: int) -> dict[str, float]:
+    """Seconds per block of each update, averaged over the blocks and ``repeats`` runs."""
+    totals: collections.Counter[str] = collections.Counter()
+
+    def timed(name: str, call):
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            out = call(*args, **kwargs)
+            totals[name] += time.perf_counter() - start
+            return out
+
+        return wrapper
+
+    for block in head.blocks:
+        for name, module in block.named_children():
+            # The pair transition's forward runs once per chunk (on worker threads): time the
+            # whole update instead. The others are called once per block, on this thread.
+            if name == "pair_transition":
+                module.update_pair = timed(name, module.update_pair)
+            else:
+                module.forward = timed(name, module.forward)
+    with torch.inference_mode():
+        head(representations)  # warm-up
+        totals.clear()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            head(representations)
+        wall = (time.perf_counter() - start) / repeats
+    runs = repeats * len(head.blocks)
+    result = {name: seconds / runs for name, seconds in totals.items()}
+    result["whole head (all blocks)"] = wall
+    return result
+
+
+def operation_seconds(head: RotaFormer, representations: torch.Tensor) -> dict[str, float]:
+    """Self seconds per kind of operation for one forward pass on one thread, per block."""
+    previous = torch.get_num_threads(), head.chunk_threads
+    torch.set_num_threads(1)
+    head.chunk_threads = 1
+    try:
+        with torch.inference_mode():
+            head(representations)  # warm-up
+            with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+                head(representations)
+    finally:
+        torch.set_num_threads(previous[0])
+        head.chunk_threads = previous[1]
+    kinds: collections.Counter[str] = collections.Counter()
+    for event in profile.key_averages():
+        kind = next((k for k, names in KINDS.items() if event.key in names), "other element-wise")
+        kinds[kind] += event.self_cpu_time_total / 1e6 / len(head.blocks)
+    return dict(kinds)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="bf16")
+    parser.add_argument("--blocks", type=int, default=2, help="Evoformer blocks timed (each is the same work)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs for the module view")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads for the module view")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    results = []
+    for length in args.lengths:
+        torch.manual_seed(0)
+        head = RotaFormer(RotaFormerConfig(num_blocks=args.blocks)).eval().to(dtype)
+        representations = torch.randn(1, length + 2, head.config.input_dim)
+        operations = operation_seconds(head, representations)
+        modules = module_seconds(head, representations, args.repeats)
+        results.append({"length": length, "modules_seconds_per_block": modules,
+                        "operations_seconds_per_block_one_thread": operations})  # fmt: skip
+        print(f"L={length} done", file=sys.stderr, flush=True)
+
+    command = "python benchmarks/profile_ss_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(f"Hardware: {hardware()}; {args.dtype}, {args.threads} threads (modules), 1 thread (operations)\n")
+    print(f"Command: `{command.strip()}`\n")
+    for r in results:
+        modules, operations = r["modules_seconds_per_block"], r["operations_seconds_per_block_one_thread"]
+        print(f"L = {r['length']}: ms per block, {args.threads} threads\n")
+        print("| update | ms |\n|---|---|")
+        per_block = {k: v for k, v in modules.items() if k != "whole head (all blocks)"}
+        for name, seconds in sorted(per_block.items(), key=lambda item: -item[1]):
+            print(f"| {name} | {seconds * 1e3:.1f} |")
+        print(f"| sum of the updates | {sum(per_block.values()) * 1e3:.1f} |\n")
+        total = sum(operations.values())
+        print(f"L = {r['length']}: one thread, ms per block by kind of operation\n")
+        print("| kind | ms | share |\n|---|---|---|")
+        for kind, seconds in sorted(operations.items(), key=lambda item: -item[1]):
+            print(f"| {kind} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
+        print()
+    if args.json:
+        args.json.write_text(json.dumps({"hardware": hardware(), "dtype": args.dtype, "threads": args.threads,
+                                         "command": command, "results": results}, indent=2))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
