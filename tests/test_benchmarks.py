@@ -1,0 +1,63 @@
+"""The benchmark scripts run end to end at toy sizes and write the fields BENCHMARKS.md is made of.
+
+They are tools, not timed tests: nothing here checks a speed, only that each script still runs
+against the current package and that what it reports is consistent.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
+def test_bench_ss_head_reports_both_dtypes_and_their_difference(tmp_path):
+    out = tmp_path / "head.json"
+    done = run_script("bench_ss_head.py", "--lengths", "12", "--blocks", "1", "--repeats", "1", "--threads", "1",
+                      "--json", str(out), cwd=tmp_path)  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert [(r["length"], r["dtype"]) for r in results] == [(12, "fp32"), (12, "bf16")]
+    for r in results:
+        assert r["seconds"] > 0 and len(r["all_seconds"]) == 2 and r["peak_rss_gb"] >= r["rss_before_gb"] > 0
+    # bf16 logits stay near the fp32 ones of the same weights and input, and differ from them.
+    assert 0 < results[1]["max_abs_diff_vs_fp32"] < results[1]["logit_std"]
+    assert "| 12 | bf16 |" in done.stdout
+
+
+def test_profile_ss_head_times_every_update_and_kind_of_operation(tmp_path):
+    out = tmp_path / "profile.json"
+    done = run_script("profile_ss_head.py", "--lengths", "16", "--blocks", "1", "--repeats", "1",
+                      "--json", str(out), cwd=tmp_path)  # fmt: skip
+    (result,) = json.loads(out.read_text())["results"]
+    updates = {"row_attention", "single_transition", "outer_product_mean", "triangle_multiplication_outgoing",
+               "triangle_multiplication_incoming", "triangle_attention_starting", "triangle_attention_ending",
+               "pair_transition"}  # fmt: skip
+    modules = result["modules_seconds_per_block"]
+    assert set(modules) == updates | {"whole head (all blocks)"}
+    assert all(seconds > 0 for seconds in modules.values())
+    assert sum(modules[name] for name in updates) < modules["whole head (all blocks)"]  # one block here
+    operations = result["operations_seconds_per_block_one_thread"]
+    assert {"matrix products", "softmax", "layer norm", "copies and casts"} <= set(operations)
+    assert operations["matrix products"] > 0
+    assert "triangle_attention_starting" in done.stdout
+
+
+def test_bench_embed_runs_each_variant_in_its_own_process(tmp_path):
+    variants = ["hf-fp32", "protrna-bf16"]
+    out = tmp_path / "embed.json"
+    run_script("bench_embed.py", "--variants", *variants, "--layers", "1", "--batch", "2", "--length", "10",
+               "--repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(out), cwd=tmp_path)  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert [r["variant"] for r in results] == variants
+    for r in results:
+        assert r["tokens_per_s"] == pytest.approx(2 * 12 / r["seconds"], rel=1e-6)
