@@ -153,3 +153,21 @@ def test_bad_records(tiny_model, tiny_head, tmp_path):
 def test_head_must_fit_the_language_model(tiny_model):
     with pytest.raises(ValueError, match="64"):
         StructurePredictor(tiny_model, RotaFormer(RotaFormerConfig(input_dim=32, num_blocks=1)))
+
+
+def test_cli_folds_standard_input_like_a_file(tiny_model, tiny_head, tmp_path, monkeypatch):
+    import io
+
+    from protrna.cli import main
+
+    model_dir, head_dir = tiny_model.save_pretrained(tmp_path / "lm"), tmp_path / "head"
+    tiny_head.save_pretrained(head_dir)
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    assert main(["fold", str(fasta), "-o", str(tmp_path / "from_file"), "--model", str(model_dir),
+                 "--head", str(head_dir), "--format", "bpseq", "-q"]) == 0  # fmt: skip
+    monkeypatch.setattr("sys.stdin", io.StringIO(fasta.read_text()))
+    assert main(["fold", "-", "-o", str(tmp_path / "from_stdin"), "--model", str(model_dir),
+                 "--head", str(head_dir), "--format", "bpseq", "-q"]) == 0  # fmt: skip
+    from_file, from_stdin = tmp_path / "from_file", tmp_path / "from_stdin"
+    assert (from_stdin / "predictions.dbn").read_text() == (from_file / "predictions.dbn").read_text()
+    assert sorted(p.name for p in from_stdin.iterdir()) == sorted(p.name for p in from_file.iterdir())

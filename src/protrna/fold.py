@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .cpu import pack_for_cpu_inference
+from .data.fasta import input_path
 from .data.records import InvalidRecordError, valid_records
 from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
 from .heads.ss import RotaFormer
@@ -330,7 +331,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__.split("\n\n")[0],
         epilog="example: protrna fold rnas.fa --output-dir folds --format dbn bpseq ct --plot",
     )
-    parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too)")
+    parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")
     parser.add_argument("--output-dir", "-o", type=Path, required=True)
     parser.add_argument("--model", default=DEFAULT_MODEL, help="language model (default: %(default)s)")
     parser.add_argument("--head", default=DEFAULT_HEAD,
@@ -348,7 +349,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "exact maximum-weight matching (matching)")
     parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy")
     parser.add_argument("--plot", action="store_true", help="save a PNG per record")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="compute precision of the language model and head (default: %(default)s, closest to "
+                        "the original; bfloat16 is ~1.5-1.9x as fast on CPUs with AVX-512 BF16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--max-tokens", type=int, default=None, help="language-model token budget per batch")
     parser.add_argument("--skip-invalid", action="store_true", help="leave out (and log) bad records")
@@ -357,11 +360,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    path = fold_fasta(
-        args.input, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
-        probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
-        min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
-        skip_invalid=args.skip_invalid, progress=not args.quiet,
-    )
+    with input_path(args.input) as fasta:  # '-': standard input
+        path = fold_fasta(
+            fasta, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
+            probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
+            min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device,
+            max_tokens=args.max_tokens, skip_invalid=args.skip_invalid, progress=not args.quiet,
+        )
     print(path)
     return 0

@@ -1,8 +1,10 @@
 import gzip
+import io
+from pathlib import Path
 
 import pytest
 
-from protrna.data.fasta import FastaFormatError, read_fasta
+from protrna.data.fasta import FastaFormatError, input_path, read_fasta
 
 
 def test_multiline_records_descriptions_and_blank_lines(tmp_path):
@@ -53,3 +55,26 @@ def test_real_fasta(data_dir):
     records = list(read_fasta(data_dir / "ncrna" / "dataset_nRC_test.fasta"))
     assert len(records) == 2529
     assert all(set(r.sequence) <= set("ACGTN") for r in records)
+
+
+def test_standard_input_is_spooled_to_a_file_that_is_removed_afterwards(monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO(">a first\nACGU\nGG\n>b\nUUU\n"))
+    with input_path("-") as path:
+        # Read twice, as the jobs do (index, then process): a pipe could not be.
+        for _ in range(2):
+            assert [(r.id, r.sequence) for r in read_fasta(path)] == [("a", "ACGUGG"), ("b", "UUU")]
+    assert not path.exists()
+
+
+def test_a_file_path_is_used_as_it_is(tmp_path):
+    with input_path(tmp_path / "x.fa") as path:
+        assert path == tmp_path / "x.fa"
+    with input_path(str(tmp_path / "y.fa")) as path:
+        assert path == Path(tmp_path / "y.fa")
+
+
+def test_errors_in_standard_input_name_it(monkeypatch):
+    monkeypatch.setattr("sys.stdin", io.StringIO("ACGU\n"))
+    with pytest.raises(FastaFormatError, match=r"^<stdin>, line 1: sequence before the first '>'"):
+        with input_path("-") as path:
+            list(read_fasta(path))

@@ -7,9 +7,13 @@ structure sets use.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import io
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -43,6 +47,29 @@ def open_text(path: str | Path) -> TextIO:
     if path.suffix == ".gz":
         return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline=None)
     return open(path, encoding="utf-8", newline=None)
+
+
+@contextlib.contextmanager
+def input_path(path: str | Path) -> Iterator[Path]:
+    """``path`` itself, or for ``-`` standard input copied into a temporary file (removed on exit).
+
+    Jobs read their input twice (first to check and index every record, then to process it),
+    which a pipe does not allow, hence the copy. ``echo -e ">x\\nGGGAAACCC" | protrna fold - -o out``.
+    """
+    if str(path) != "-":
+        yield Path(path)
+        return
+    with tempfile.TemporaryDirectory(prefix="protrna-") as scratch:
+        spooled = Path(scratch) / "stdin"
+        with open(spooled, "w", encoding="utf-8") as sink:
+            shutil.copyfileobj(sys.stdin, sink)
+        try:
+            yield spooled
+        except Exception as error:
+            # Errors about bad records name the file: name standard input, not the temporary copy.
+            if len(error.args) == 1 and str(spooled) in str(error.args[0]):
+                raise type(error)(str(error.args[0]).replace(str(spooled), "<stdin>")) from None
+            raise
 
 
 def _is_structure_line(line: str) -> bool:
