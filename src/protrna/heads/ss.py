@@ -16,7 +16,7 @@ is done, for speed and memory on CPU:
   one (L, L) matrix per head shared by every row, and the softmax is taken into float32.
 * CPU inference runs chunks on worker threads, each op single-threaded (:func:`_chunk_threads`),
   sends float32 batched matmuls to oneDNN where that stays exact, and keeps freed memory in the
-  allocator while it runs (:func:`_malloc_keeps_freed_memory`).
+  allocator while it runs (:func:`protrna.cpu.keep_freed_memory`).
 * The outer product mean is factored as ``left @ (right W)`` and never forms (L, L, 32, 32).
 * On CPU inference, linear layers go through oneDNN (:func:`linear`), which runs float32 about
   2.4x faster than PyTorch's default MKL path on the AMD CPUs this was tuned on.
@@ -32,11 +32,7 @@ is done, for speed and memory on CPU:
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
-import os
-import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
@@ -46,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..cpu import keep_freed_memory
 from .saving import SavedHead
 
 #: ``config.json`` marker that tells a head directory from a language-model directory.
@@ -206,44 +203,6 @@ def _onednn_float32_matmul() -> Iterator[None]:
         yield
     finally:
         torch.backends.mkldnn.matmul.fp32_precision = previous
-
-
-@contextlib.contextmanager
-def _malloc_keeps_freed_memory() -> Iterator[None]:
-    """While the head runs, let glibc's malloc keep freed memory instead of returning it.
-
-    Each chunk allocates temporaries of a few MB; by default glibc maps big blocks fresh from
-    the kernel and trims freed heap, so every chunk pays ~1 us per 4 KB page to fault memory in
-    again (8 % of the bf16 and 20 % of the float32 run time at L = 300 on the reference VM).
-    The defaults come back on exit, so the memory is returned afterwards. Skipped off glibc,
-    when the user tunes malloc through the environment, or with ``PROTRNA_MALLOC_TUNING=0``.
-    """
-    libc = _glibc()
-    if libc is None:
-        yield
-        return
-    m_trim_threshold, m_mmap_threshold, default = -1, -3, 128 * 1024
-    libc.mallopt(m_trim_threshold, 1 << 30)
-    libc.mallopt(m_mmap_threshold, 1 << 28)
-    try:
-        yield
-    finally:
-        libc.mallopt(m_mmap_threshold, default)
-        libc.mallopt(m_trim_threshold, default)
-        libc.malloc_trim(0)
-
-
-def _glibc() -> ctypes.CDLL | None:
-    if not sys.platform.startswith("linux") or os.environ.get("PROTRNA_MALLOC_TUNING", "1") == "0":
-        return None
-    if any(key.startswith("MALLOC_") for key in os.environ) or "GLIBC_TUNABLES" in os.environ:
-        return None  # the user tuned malloc already
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt, libc.malloc_trim  # noqa: B018 - absent outside glibc (musl)
-    except (OSError, AttributeError):
-        return None
-    return libc
 
 
 def _norm(layer: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -812,7 +771,7 @@ class RotaFormer(SavedHead):
         if mask is not None:
             x = x.masked_fill(~mask[..., None], 0.0)  # EOS and padding never enter
         cpu_inference = on_cpu and not torch.is_grad_enabled()
-        with _malloc_keeps_freed_memory() if cpu_inference else contextlib.nullcontext():
+        with keep_freed_memory() if cpu_inference else contextlib.nullcontext():
             with _cpu_matmuls(threads, self.dtype) if cpu_inference else contextlib.nullcontext():
                 m, z = self.embedding(x, chunk_size)
                 for block in self.blocks:
