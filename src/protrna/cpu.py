@@ -141,8 +141,7 @@ def keep_freed_memory() -> Iterator[None]:
     The structure head allocates temporaries of a few MB per chunk of rows; by default glibc
     maps big blocks fresh from the kernel and trims freed heap, so each chunk pays ~1 us per 4 KB
     page to fault memory in again (8 % of the bf16 and 20 % of the float32 head time at L = 300
-    on the reference VM). Jobs that run the head many times (``fold``, ``evaluate``) hold this
-    around the whole loop. Contexts nest; the outermost exit returns the freed memory
+    on the reference VM). Contexts nest; the outermost exit returns the freed memory
     (``malloc_trim``) and leaves the thresholds where glibc's dynamic rule would have brought
     them: setting one through ``mallopt`` turns that rule off for good, and glibc's 128 KB
     starting value then sends every larger tensor to a fresh mapping, which made the 650M

@@ -19,7 +19,6 @@ raw thresholded map instead, as the original does. An interrupted run resumes fr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -33,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cpu import keep_freed_memory, pack_for_cpu_inference
+from .cpu import pack_for_cpu_inference
 from .data.fasta import input_path
 from .data.records import InvalidRecordError, valid_records
 from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
@@ -93,19 +92,13 @@ class StructurePredictor:
         self.max_pairs = max_pairs or (2**22 if device.type == "cuda" else 2**16)
 
     def predict(self, records: Iterable[tuple[str, str]], first_index: int = 0) -> Iterator[PairProbabilities]:
-        """Yield pair probabilities for each ``(id, sequence)``, in completion order.
-
-        On CPU the allocator keeps freed memory until the last record is out (see
-        :func:`protrna.cpu.keep_freed_memory`), rather than returning it after every head call.
-        """
+        """Yield pair probabilities for each ``(id, sequence)``, in completion order."""
         records = list(records)
-        on_cpu = self.lm.device.type == "cpu"
-        with keep_freed_memory() if on_cpu else contextlib.nullcontext():
-            for start in range(0, len(records), CHUNK_RECORDS):
-                chunk = records[start : start + CHUNK_RECORDS]
-                encoded = list(self.encoder.encode(chunk, first_index=first_index + start))
-                for batch in make_batches([e.length**2 for e in encoded], self.max_pairs):
-                    yield from self._head([encoded[i] for i in batch], records, first_index)
+        for start in range(0, len(records), CHUNK_RECORDS):
+            chunk = records[start : start + CHUNK_RECORDS]
+            encoded = list(self.encoder.encode(chunk, first_index=first_index + start))
+            for batch in make_batches([e.length**2 for e in encoded], self.max_pairs):
+                yield from self._head([encoded[i] for i in batch], records, first_index)
 
     @torch.inference_mode()
     def _head(self, encoded, records, first_index) -> Iterator[PairProbabilities]:
