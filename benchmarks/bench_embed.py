@@ -16,6 +16,10 @@ of ``--length`` nt, best of ``--repeats`` after a warm-up. The original TF code 
 
     python benchmarks/bench_embed.py                      # markdown table on stdout
     python benchmarks/bench_embed.py --variants protrna-bf16 --layers 4   # quick look
+    python benchmarks/bench_embed.py --device cuda --batch 64               # on a GPU
+
+With ``--device cuda`` each timed step ends with ``torch.cuda.synchronize()`` and the peak is the
+GPU memory PyTorch allocated.
 """
 
 from __future__ import annotations
@@ -69,9 +73,11 @@ def build_model(directory: Path, layers: int) -> Path:
     return directory
 
 
-def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int) -> dict:
+def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int, device: str = "cpu") -> dict:
     """Runs inside the child process."""
     import torch
+
+    on_gpu = torch.device(device).type == "cuda"
 
     sequences = random_sequences(batch, length)
     tokens_per_batch = batch * (length + 2)
@@ -85,11 +91,13 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int
             if cache == "cold":
                 evict_from_page_cache(model_dir)
             start = time.perf_counter()
-            model = load_pretrained_model(str(model_dir))
+            model = load_pretrained_model(str(model_dir), device=device)
             loaded = time.perf_counter() - start
             # Weights may be memory-mapped and read on first use: time a first forward pass too.
             with torch.inference_mode():
-                model(model.alphabet.get_batch_converter()(["ACGU"]))
+                model(model.alphabet.get_batch_converter()(["ACGU"]).to(device))
+            if on_gpu:
+                torch.cuda.synchronize()
             suffix = "" if cache == "warm" else "_cold"
             result["seconds" + suffix] = loaded
             result["seconds_to_first_output" + suffix] = time.perf_counter() - start
@@ -99,8 +107,8 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int
 
         from protrna.alphabet import Alphabet
 
-        model = EsmForMaskedLM.from_pretrained(str(model_dir)).eval()
-        tokens = Alphabet().get_batch_converter()(sequences)
+        model = EsmForMaskedLM.from_pretrained(str(model_dir)).to(device).eval()
+        tokens = Alphabet().get_batch_converter()(sequences).to(device)
 
         def step():
             with torch.inference_mode():
@@ -113,7 +121,7 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int
         from protrna.inference import WindowedEncoder
 
         dtype = variant.split("-")[1].replace("bf16", "bfloat16").replace("fp32", "float32")
-        model = prepare_model(str(model_dir), dtype=dtype)
+        model = prepare_model(str(model_dir), dtype=dtype, device=device)
         pack_for_cpu_inference(model, rows_hint=tokens_per_batch)
         encoder = WindowedEncoder(model, [model.num_layers], max_tokens=tokens_per_batch)
         records = [(f"s{i}", s) for i, s in enumerate(sequences)]
@@ -123,6 +131,8 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int
                 pass
 
         result.update(_time(step, repeats, tokens_per_batch))
+    if on_gpu:
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     return result
 
@@ -139,11 +149,16 @@ def evict_from_page_cache(directory: Path) -> None:
 
 
 def _time(step, repeats: int, tokens: int) -> dict:
-    step()  # warm-up: allocations, oneDNN kernel selection
+    import torch
+
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    step()  # warm-up: allocations, oneDNN / cuBLAS kernel selection
     best = float("inf")
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         step()
+        synchronize()
         best = min(best, time.perf_counter() - start)
     return {"seconds": best, "tokens_per_s": tokens / best}
 
@@ -156,13 +171,14 @@ def main() -> None:
     parser.add_argument("--length", type=int, default=150, help="nucleotides per sequence")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "protrna-bench")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     model_dir = args.workdir / f"esm2-{args.layers}layers-random"
     if args.child:
-        print(json.dumps(measure(args.child[0], model_dir, args.batch, args.length, args.repeats)))
+        print(json.dumps(measure(args.child[0], model_dir, args.batch, args.length, args.repeats, args.device)))
         return
 
     build_model(model_dir, args.layers)
@@ -170,7 +186,7 @@ def main() -> None:
     for variant in args.variants:
         command = [sys.executable, __file__, "--child", variant, "--layers", str(args.layers),
                    "--batch", str(args.batch), "--length", str(args.length),
-                   "--repeats", str(args.repeats), "--workdir", str(args.workdir)]
+                   "--repeats", str(args.repeats), "--workdir", str(args.workdir), "--device", args.device]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         rows.append(json.loads(output.strip().splitlines()[-1]))
         print(f"# {variant}: {rows[-1]}", file=sys.stderr)
@@ -184,12 +200,13 @@ def main() -> None:
                   f"{r['seconds']:.1f} s cached; to the first output: {r['seconds_to_first_output_cold']:.1f} s / "
                   f"{r['seconds_to_first_output']:.1f} s\n")
     throughput = [r for r in rows if r["variant"] != "load"]
-    print("| variant | tokens/s | vs hf-fp32 | seconds | peak RSS (GB) |")
+    peak = "peak GPU GB (allocated)" if args.device.startswith("cuda") else "peak RSS (GB)"
+    print(f"| variant | tokens/s | vs hf-fp32 | seconds | {peak} |")
     print("|---|---|---|---|---|")
     for r in throughput:
         speed = r.get("tokens_per_s")
         ratio = f"{speed / base:.2f}x" if speed and base else ""
-        print(f"| {r['variant']} | {speed:.0f} | {ratio} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} |")
+        print(f"| {r['variant']} | {speed:.0f} | {ratio} | {r['seconds']:.3g} | {r.get('peak_gpu_gb', r['peak_rss_gb']):.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"hardware": hardware(), "args": vars(args) | {"workdir": str(args.workdir),

@@ -9,6 +9,7 @@ over TS0's lengths is well over an hour.
 
     python benchmarks/bench_evaluate.py --dtype bfloat16             # all 1,305 TS0 RNAs
     python benchmarks/bench_evaluate.py --dtype float32 --limit 100  # a quick look
+    python benchmarks/bench_evaluate.py --device cuda                # on a GPU
 """
 
 from __future__ import annotations
@@ -81,15 +82,19 @@ def main() -> None:
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "hardware": hardware(),
     }
+    if predictor.lm.device.type == "cuda":
+        result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(predictor.lm.device) / 2**30
     print(f"Hardware: {result['hardware']}")
     print(f"{args.reference.name}: {evaluation.n} RNAs, {nucleotides} nt, {args.dtype}\n")
     print("| stage | seconds |")
     print("|---|---|")
     print(f"| loading (language model + head) | {load_seconds:.1f} |")
-    print(f"| language model | {lm_time.seconds:.0f} |")
-    print(f"| head + scoring | {head_seconds:.0f} |")
+    print(f"| language model | {lm_time.seconds:.1f} |")
+    print(f"| head + scoring | {head_seconds:.1f} |")
     print(f"| **total** | **{total:.0f}** ({total / 60:.1f} min) |")
     print(f"\npeak RSS {result['peak_rss_gb']:.2f} GB")
+    if "peak_gpu_gb" in result:
+        print(f"peak GPU memory allocated {result['peak_gpu_gb']:.2f} GB")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

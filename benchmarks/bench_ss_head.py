@@ -5,6 +5,8 @@ values) on one sequence of each ``--lengths`` under ``torch.inference_mode()``, 
 ``--repeats`` after a warm-up run. Each (length, dtype) runs in a fresh process, so its peak
 resident memory (``ru_maxrss``, the whole process: Python, torch and the head) is its own. The
 bf16 rows also give the largest logit difference from the fp32 run on the same weights and input.
+With ``--device cuda`` the time is taken after ``torch.cuda.synchronize()`` and the peak is the
+GPU memory PyTorch allocated (``torch.cuda.max_memory_allocated``).
 
 The original TensorFlow head was measured at 3.4 / 15.2 / 44.3 s with 0.8 / 2.5 / 6.8 GB peak at
 L = 150 / 300 / 500 on the reference 2-core CPU (REFERENCE.md section 7); those are the
@@ -13,6 +15,7 @@ L = 150 / 300 / 500 on the reference 2-core CPU (REFERENCE.md section 7); those 
     python benchmarks/bench_ss_head.py                         # markdown table on stdout
     python benchmarks/bench_ss_head.py --lengths 150 --dtypes bf16 --repeats 1 --blocks 2
     python benchmarks/bench_ss_head.py --json ss_head.json     # also write the numbers
+    python benchmarks/bench_ss_head.py --device cuda --lengths 150 300 500 1000 2000
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pathlib import Path
 ORIGINAL_TF = {150: (3.4, 0.8), 300: (15.2, 2.5), 500: (44.3, 6.8)}
 
 
-def hardware() -> str:
+def hardware(device: str = "cpu") -> str:
     import torch
 
     cpu = platform.processor() or "unknown CPU"
@@ -50,11 +53,12 @@ def hardware() -> str:
         flags = ", ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
     except OSError:
         pass
-    return f"{cpu} ({flags}), {os.cpu_count()} cores, torch {torch.__version__}"
+    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
+    return f"{cpu} ({flags}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: int, chunk_size: int | None,
-            logits_path: str | None) -> dict:
+            logits_path: str | None, device: str = "cpu") -> dict:
     """Runs inside the child process."""
     import numpy as np
     import torch
@@ -65,18 +69,24 @@ def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: in
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
     torch.manual_seed(0)  # the same weights and input in every process
     head = RotaFormer(RotaFormerConfig(num_blocks=blocks)).eval()
-    representations = torch.randn(1, length + 2, head.config.input_dim)
-    head = head.to(dtype)
+    representations = torch.randn(1, length + 2, head.config.input_dim).to(device)
+    head = head.to(device=device, dtype=dtype)
+    on_gpu = torch.device(device).type == "cuda"
+    synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
     seconds = []
     with torch.inference_mode():
-        for _ in range(repeats + 1):  # the first run warms up oneDNN and the allocator
+        for _ in range(repeats + 1):  # the first run warms up oneDNN / cuBLAS and the allocator
+            synchronize()
             start = time.perf_counter()
             logits = head(representations, chunk_size=chunk_size)
+            synchronize()
             seconds.append(time.perf_counter() - start)
     if logits_path:
-        np.save(logits_path, logits.float().numpy())
-    return {
+        np.save(logits_path, logits.float().cpu().numpy())
+    gpu = {"peak_gpu_gb": torch.cuda.max_memory_allocated(device) / 1e9} if on_gpu else {}
+    return gpu | {
+        "device": device,
         "length": length,
         "dtype": dtype_name,
         "threads": threads,
@@ -94,7 +104,7 @@ def run_child(args: argparse.Namespace, length: int, dtype: str, logits_path: st
     command = [
         sys.executable, __file__, "--child", "--lengths", str(length), "--dtypes", dtype,
         "--repeats", str(args.repeats), "--threads", str(args.threads), "--blocks", str(args.blocks),
-        "--save-logits", logits_path,
+        "--save-logits", logits_path, "--device", args.device,
     ]  # fmt: skip
     if args.chunk_size:
         command += ["--chunk-size", str(args.chunk_size)]
@@ -105,8 +115,10 @@ def run_child(args: argparse.Namespace, length: int, dtype: str, logits_path: st
 
 
 def table(results: list[dict]) -> str:
+    on_gpu = any("peak_gpu_gb" in r for r in results)
+    peak = "peak GPU GB (allocated)" if on_gpu else "peak RSS GB"
     lines = [
-        "| L | dtype | seconds | peak RSS GB | TF s | speed-up vs TF | TF peak GB | max abs logit diff vs fp32 |",
+        f"| L | dtype | seconds | {peak} | TF s (CPU) | speed-up vs TF | TF peak GB | max abs logit diff vs fp32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -114,7 +126,7 @@ def table(results: list[dict]) -> str:
         speedup = f"{tf_seconds / r['seconds']:.1f}x" if tf_seconds and r["blocks"] == 12 else "-"
         diff = f"{r['max_abs_diff_vs_fp32']:.3g} (logit std {r['logit_std']:.2f})" if "max_abs_diff_vs_fp32" in r else "-"
         lines.append(
-            f"| {r['length']} | {r['dtype']} | {r['seconds']:.2f} | {r['peak_rss_gb']:.2f} | "
+            f"| {r['length']} | {r['dtype']} | {r['seconds']:.3g} | {r.get('peak_gpu_gb', r['peak_rss_gb']):.2f} | "
             f"{tf_seconds or '-'} | {speedup} | {tf_peak or '-'} | {diff} |"
         )
     return "\n".join(lines)
@@ -129,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     parser.add_argument("--blocks", type=int, default=12, help="Evoformer blocks (12 = the released head)")
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: automatic)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save-logits", help=argparse.SUPPRESS)
@@ -136,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         result = measure(args.lengths[0], args.dtypes[0], args.repeats, args.threads, args.blocks,
-                         args.chunk_size, args.save_logits)  # fmt: skip
+                         args.chunk_size, args.save_logits, args.device)  # fmt: skip
         print(json.dumps(result))
         return
 
@@ -153,15 +166,15 @@ def main(argv: list[str] | None = None) -> None:
                 if dtype == "bf16" and "fp32" in logits:
                     result["max_abs_diff_vs_fp32"] = float(np.abs(logits["bf16"] - logits["fp32"]).max())
                 results.append(result)
-                print(f"L={length} {dtype}: {result['seconds']:.2f} s, peak {result['peak_rss_gb']:.2f} GB",
+                print(f"L={length} {dtype}: {result['seconds']:.3g} s, peak {result.get('peak_gpu_gb', result['peak_rss_gb']):.2f} GB",
                       file=sys.stderr, flush=True)  # fmt: skip
 
     command = "python benchmarks/bench_ss_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"Hardware: {hardware()}; {args.threads} threads\n")
+    print(f"Hardware: {hardware(args.device)}; {args.threads} threads\n")
     print(f"Command: `{command.strip()}`\n")
     print(table(results))
     if args.json:
-        args.json.write_text(json.dumps({"hardware": hardware(), "command": command, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"hardware": hardware(args.device), "command": command, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from protrna.data.records import InvalidRecordError
 from protrna.fold import StructurePredictor, fold_fasta, safe_file_names
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 from protrna.structure import read_bpseq, read_ct, read_dbn, resolve_conflicts
+from tests.devices import DEVICES
 
 
 @pytest.fixture
@@ -92,12 +93,18 @@ def test_long_rna_uses_windows_for_the_lm_and_the_full_length_for_the_head(tiny_
     np.testing.assert_allclose(result.probabilities, result.probabilities.T, atol=1e-6)
 
 
-def test_batched_head_equals_one_at_a_time(tiny_model, tiny_head):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batched_head_equals_one_at_a_time(tiny_model, tiny_head, device):
+    """Batches of different lengths (padding masked) give each RNA its own probabilities, which
+    are also those of the original's one-sequence path on the CPU."""
     records = [(f"s{i}", "GGAUCCUAGCAUGC"[: 5 + i]) for i in range(8)]
-    batched = {p.id: p.probabilities for p in StructurePredictor(tiny_model, tiny_head, max_pairs=10**6).predict(records)}
-    single = {p.id: p.probabilities for p in StructurePredictor(tiny_model, tiny_head, max_pairs=1).predict(records)}
+    reference = {name: direct_probabilities(tiny_model, tiny_head, sequence) for name, sequence in records}
+    lm, head = tiny_model.to(device), tiny_head.to(device)
+    batched = {p.id: p.probabilities for p in StructurePredictor(lm, head, max_pairs=10**6).predict(records)}
+    single = {p.id: p.probabilities for p in StructurePredictor(lm, head, max_pairs=1).predict(records)}
     for key in single:
         np.testing.assert_allclose(batched[key], single[key], atol=2e-5)
+        np.testing.assert_allclose(single[key], reference[key], atol=2e-5)
 
 
 class InterruptedHead(RotaFormer):

@@ -21,6 +21,7 @@ from protrna.heads.ss import (
     TriangleMultiplication,
 )
 from protrna.weights.keras_ss_head import load_ss_head_h5
+from tests.devices import DEVICES
 
 TINY = RotaFormerConfig(input_dim=12, single_dim=24, pair_dim=16, num_blocks=2, msa_heads=3, pair_heads=2,
                         head_width=8, outer_dim=4, max_relative_distance=3)  # fmt: skip
@@ -62,23 +63,34 @@ def run(module, *args, grad: bool = False, **kwargs):
 # ---- the whole head against the original ------------------------------------------------------
 
 
+def on(device: str, head: RotaFormer, dtype: torch.dtype = torch.float32) -> RotaFormer:
+    """A copy of ``head`` on ``device`` in ``dtype`` (the module-scoped fixture stays as it is)."""
+    copy = RotaFormer(head.config)
+    copy.load_state_dict(head.state_dict())
+    return copy.to(device=device, dtype=dtype).eval()
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
-def test_reproduces_original_tensorflow_logits(parity, grad):
+def test_reproduces_original_tensorflow_logits(parity, grad, device):
     head, expected = parity
+    head = on(device, head)
     assert head.config.num_blocks == 2 and head.config.threshold == 0.25
     for i, length in enumerate(expected["lengths"]):
-        logits = run(head, torch.from_numpy(expected[f"input_{i}"]), grad=grad)
+        logits = run(head, torch.from_numpy(expected[f"input_{i}"]).to(device), grad=grad)
         assert logits.shape == (length, length)
-        np.testing.assert_allclose(logits.numpy(), expected[f"logits_{i}"], atol=1e-3, rtol=0)
+        np.testing.assert_allclose(logits.cpu().numpy(), expected[f"logits_{i}"], atol=1e-3, rtol=0)
 
 
-def test_padded_batch_gives_each_sequence_its_own_logits(parity):
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_batch_gives_each_sequence_its_own_logits(parity, device):
     head, expected = parity
-    singles = [torch.from_numpy(expected[f"input_{i}"])[0] for i in range(2)]
+    head = on(device, head)
+    singles = [torch.from_numpy(expected[f"input_{i}"])[0].to(device) for i in range(2)]
     lengths = [s.shape[0] - 2 for s in singles]  # 17 and 40 nucleotides
     T = max(s.shape[0] for s in singles)
     # Short one first, and garbage (not zeros) in its padding, which must not matter.
-    batch = torch.randn(2, T, singles[0].shape[1]) * 5
+    batch = torch.randn(2, T, singles[0].shape[1], device=device) * 5
     for b, single in enumerate(singles):
         batch[b, : single.shape[0]] = single
     alone = [run(head, s[None]) for s in singles]
@@ -87,7 +99,7 @@ def test_padded_batch_gives_each_sequence_its_own_logits(parity):
         assert logits.shape == (2, T - 2, T - 2)
         for b, n in enumerate(lengths):
             torch.testing.assert_close(logits[b, :n, :n], alone[b], atol=1e-4, rtol=0)
-            np.testing.assert_allclose(logits[b, :n, :n].numpy(), expected[f"logits_{b}"], atol=1e-3, rtol=0)
+            np.testing.assert_allclose(logits[b, :n, :n].cpu().numpy(), expected[f"logits_{b}"], atol=1e-3, rtol=0)
             assert not logits[b, n:].any() and not logits[b, :, n:].any()
 
 
@@ -117,15 +129,14 @@ def test_chunks_on_worker_threads_equal_one_thread(parity):
     assert torch.get_num_threads() == 1, "the intra-op thread count must be restored"
 
 
-def test_bfloat16_stays_close_to_float32(parity):
+@pytest.mark.parametrize("device", DEVICES)
+def test_bfloat16_stays_close_to_float32(parity, device):
     head, expected = parity
-    bf16 = RotaFormer(head.config)
-    bf16.load_state_dict(head.state_dict())
-    bf16 = bf16.to(torch.bfloat16).eval()
-    logits = run(bf16, torch.from_numpy(expected["input_1"]))
+    bf16 = on(device, head, torch.bfloat16)
+    logits = run(bf16, torch.from_numpy(expected["input_1"]).to(device))
     assert logits.dtype == torch.float32
     # The logits span about +-20 here; bf16 keeps 8 bits of mantissa.
-    np.testing.assert_allclose(logits.numpy(), expected["logits_1"], atol=0.25, rtol=0)
+    np.testing.assert_allclose(logits.cpu().numpy(), expected["logits_1"], atol=0.25, rtol=0)
 
 
 def test_save_and_load_round_trip(parity, tmp_path):
