@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protrna.heads import RotaFormer, RotaFormerConfig
+from protrna.heads import RotaFormer, RotaFormerConfig, ss
 from protrna.heads.ss import (
     EvoformerBlock,
     GatedAttention,
@@ -36,6 +36,14 @@ def one_intra_op_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(params=["per-head", "fused"])
+def attention_path(request, monkeypatch):
+    """Attention as the CPU runs it (per head, a few rows at a time) or as GPUs run it (all heads
+    in one ``scaled_dot_product_attention``), both here on the CPU."""
+    monkeypatch.setattr(ss, "_SDPA_ON_CPU", request.param == "fused")
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +80,7 @@ def on(device: str, head: RotaFormer, dtype: torch.dtype = torch.float32) -> Rot
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
-def test_reproduces_original_tensorflow_logits(parity, grad, device):
+def test_reproduces_original_tensorflow_logits(parity, grad, device, attention_path):
     head, expected = parity
     head = on(device, head)
     assert head.config.num_blocks == 2 and head.config.threshold == 0.25
@@ -83,7 +91,7 @@ def test_reproduces_original_tensorflow_logits(parity, grad, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_padded_batch_gives_each_sequence_its_own_logits(parity, device):
+def test_padded_batch_gives_each_sequence_its_own_logits(parity, device, attention_path):
     head, expected = parity
     head = on(device, head)
     singles = [torch.from_numpy(expected[f"input_{i}"])[0].to(device) for i in range(2)]
@@ -174,7 +182,7 @@ def test_rejects_malformed_inputs():
         head(torch.randn(3, 7, 12), lengths=torch.tensor([5, 4]))
 
 
-def test_training_backward_with_and_without_checkpointing():
+def test_training_backward_with_and_without_checkpointing(attention_path):
     head = randomise(RotaFormer(TINY), seed=3).train()
     reps, lengths = torch.randn(2, 9, 12), torch.tensor([7, 5])
     target = (torch.rand(2, 7, 7) > 0.8).float()
@@ -277,7 +285,7 @@ def test_triangle_multiplication_matches_einsum(tracks, incoming, chunk_size, gr
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
 @pytest.mark.parametrize("chunk_size", [1, 3, 7])
 @pytest.mark.parametrize("ending", [False, True], ids=["starting", "ending"])
-def test_triangle_attention_matches_einsum(tracks, ending, chunk_size, grad):
+def test_triangle_attention_matches_einsum(tracks, ending, chunk_size, grad, attention_path):
     _, z, mask = tracks
     ta = randomise(TriangleAttention(TINY, ending=ending))
     out = run(ta, z.clone(), mask, chunk_size, grad=grad)
@@ -289,7 +297,7 @@ def test_triangle_attention_matches_einsum(tracks, ending, chunk_size, grad):
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "autograd"])
-def test_row_attention_with_pair_bias_matches_einsum(tracks, grad):
+def test_row_attention_with_pair_bias_matches_einsum(tracks, grad, attention_path):
     m, z, mask = tracks
     ra = randomise(RowAttentionWithPairBias(TINY))
     out = run(ra, m, z, mask, 3, grad=grad)

@@ -23,6 +23,12 @@ is done, for speed and memory on CPU:
 * ``head.to(torch.bfloat16)`` computes in bfloat16 while the residual streams stay float32 and
   LayerNorm statistics and softmax are computed in float32, so 72 residual updates do not pile up
   bf16 rounding. ``benchmarks/bench_ss_head.py`` measures speed, memory and the logit change.
+* On GPUs the same code runs with fewer, larger launches: attention is PyTorch's fused
+  ``scaled_dot_product_attention`` over all heads and rows of a chunk, chunks are 8x larger, and
+  the pair transition is not split further. On the lent H200 the CPU-shaped path was bound by
+  kernel launches (2 blocks at L = 300: 81 ms of CPU time for 32 ms of GPU work, 976 softmax
+  launches). In float32 the output convolution is kept out of TF32 (cuDNN's default), whose
+  10-bit mantissa moved the parity fixture's logits by 8e-3.
 * Batches: padded keys are masked in every attention, padded pairs are zeroed in the triangle
   multiplication operands, and the track is zeroed outside each sequence before the convolution,
   so a padded sequence gets the logits it gets alone. Batch similar lengths together: padding
@@ -54,13 +60,20 @@ _MASKED = -1e9
 
 # Automatic row chunks hold about this many pair entries (rows x L x channels); see
 # ``benchmarks/bench_ss_head.py --chunk-size`` for the trade-off between speed and memory.
+# On GPUs larger chunks mean fewer kernel launches; a chunk's intermediates are then a few
+# hundred MB.
 _CHUNK_ELEMENTS = 1 << 22
+_CHUNK_ELEMENTS_GPU = 1 << 25
 
 # The pair transition works on at most this many positions at once.
 _TRANSITION_POSITIONS = 4096
 
 # Attention logits are formed for at most this many entries (rows x L x L) at once, per head.
 _LOGITS_ELEMENTS = 1 << 19
+
+# Attention through ``F.scaled_dot_product_attention`` on CPU too (see :func:`_attend` for why it
+# is not the CPU default); off the CPU it is always used. Tests switch it on to compare the paths.
+_SDPA_ON_CPU = False
 
 # Shorter RNAs leave CPU threading to PyTorch's intra-op threads by default: their ops are too
 # small for chunk threads to pay off. On the reference 2-core CPU (12 blocks) intra-op threads
@@ -205,10 +218,30 @@ def _onednn_float32_matmul() -> Iterator[None]:
         torch.backends.mkldnn.matmul.fp32_precision = previous
 
 
+@contextlib.contextmanager
+def _no_tf32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in full float32 while inside (by default cuDNN may use TF32)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # PyTorch >= 2.9
+        previous, conv.fp32_precision = conv.fp32_precision, "ieee"
+        try:
+            yield
+        finally:
+            conv.fp32_precision = previous
+    else:
+        previous, torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.allow_tf32, False
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.allow_tf32 = previous
+
+
 def _norm(layer: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """LayerNorm with float32 statistics and parameters, the result in the compute ``dtype``."""
     weight, bias = layer.weight.float(), layer.bias.float()
-    if x.dtype == dtype:  # a bfloat16 input with float32 parameters is normalised in float32
+    if x.dtype == dtype and x.device.type == "cpu":
+        # On CPU a bfloat16 input with float32 parameters is normalised in float32; CUDA's kernel
+        # wants one dtype for all three.
         return F.layer_norm(x, layer.normalized_shape, weight, bias, layer.eps)
     return F.layer_norm(x.float(), layer.normalized_shape, weight, bias, layer.eps).to(dtype)
 
@@ -218,14 +251,17 @@ def _chunks(length: int, size: int) -> Iterator[slice]:
         yield slice(start, min(start + size, length))
 
 
-def auto_chunk_size(length: int, channels: int = 128, workers: int = 1) -> int:
+def auto_chunk_size(length: int, channels: int = 128, workers: int = 1, *, gpu: bool = False) -> int:
     """Rows of an (L, L, channels) track processed at once when ``chunk_size`` is None: at most
-    about 2**22 entries per chunk, in equal chunks, their number a multiple of ``workers``.
+    about 2**22 entries per chunk (2**25 on a GPU), in equal chunks, their number a multiple of
+    ``workers``.
 
     >>> auto_chunk_size(300), auto_chunk_size(1000), auto_chunk_size(20), auto_chunk_size(300, workers=2)
     (100, 32, 20, 75)
+    >>> auto_chunk_size(1000, gpu=True), auto_chunk_size(2000, gpu=True)
+    (250, 125)
     """
-    most = max(1, _CHUNK_ELEMENTS // (length * channels))
+    most = max(1, (_CHUNK_ELEMENTS_GPU if gpu else _CHUNK_ELEMENTS) // (length * channels))
     chunks = -(-length // most)
     if workers > 1:  # at least two chunks per worker, so that none waits long for the others
         chunks = -(-max(chunks, 2 * workers) // workers) * workers
@@ -378,7 +414,11 @@ class GatedAttention(nn.Module):
             (layer.weight * scale).view(H, W, -1)
             for layer, scale in ((self.query, W**-0.5), (self.key, 1.0), (self.value, 1.0))
         ]
-        if torch.is_grad_enabled():
+        if _SDPA_ON_CPU or x.device.type != "cpu":
+            # All heads and rows in one fused kernel: (N, H, L, W), the logits never stored.
+            q, k, v = (linear(x, w.flatten(0, 1)).unflatten(-1, (H, W)).transpose(1, 2) for w in weights)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=1.0).transpose(1, 2)
+        elif torch.is_grad_enabled():
             heads = [_attend(*(linear(x, w[h]) for w in weights), bias[:, h]) for h in range(H)]
             out = torch.stack(heads, dim=2)  # H x (N, L, W) => (N, L, H, W)
         else:  # each head's result straight into its place
@@ -504,7 +544,8 @@ class Transition(nn.Module):
         """``z + self(z)`` for z (B, L, L, C), a chunk of rows at a time."""
         rows_of_all_tracks = z.flatten(0, 1)  # positions are independent
         # Fewer rows than elsewhere: the 4x wider hidden layer should stay in the CPU caches.
-        chunk_size = min(chunk_size, max(1, _TRANSITION_POSITIONS // z.shape[2]))
+        if z.device.type == "cpu":
+            chunk_size = min(chunk_size, max(1, _TRANSITION_POSITIONS // z.shape[2]))
         return _update_rows(rows_of_all_tracks, chunk_size, lambda rows: self(rows_of_all_tracks[rows])).view_as(z)
 
 
@@ -765,7 +806,7 @@ class RotaFormer(SavedHead):
         threads = 1
         if on_cpu and not torch.is_grad_enabled():
             threads = self.chunk_threads or (torch.get_num_threads() if L >= _CHUNK_THREADS_MIN_LENGTH else 1)
-        chunk_size = chunk_size or auto_chunk_size(L, self.config.pair_dim, threads)
+        chunk_size = chunk_size or auto_chunk_size(L, self.config.pair_dim, threads, gpu=not on_cpu)
 
         x = representations[:, 1:-1].to(self.dtype)  # BOS and EOS off, as the original
         if mask is not None:
@@ -803,7 +844,9 @@ class RotaFormer(SavedHead):
         if pair_mask is not None:
             z = z.masked_fill(~pair_mask[..., None], 0.0)
         # (B, L, L, C) => (B, C, L, L): a channels-last view, which conv2d takes as it is.
-        logits = self.conv(z.permute(0, 3, 1, 2).to(self.dtype))[:, 0].float()
+        exact = z.is_cuda and self.dtype == torch.float32
+        with _no_tf32_convolutions() if exact else contextlib.nullcontext():
+            logits = self.conv(z.permute(0, 3, 1, 2).to(self.dtype))[:, 0].float()
         logits = 0.5 * (logits + logits.transpose(1, 2))
         if pair_mask is not None:
             logits = logits.masked_fill(~pair_mask, 0.0)
