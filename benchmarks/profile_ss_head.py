@@ -8,6 +8,9 @@ Two views of one Evoformer block (released widths, random weights) on one RNA of
   time): matrix products (oneDNN linear layers, batched matmuls, the convolution), softmax,
   layer norm, copies and casts (layout changes, dtype conversions), and the other element-wise
   work (residual adds, gates, masks).
+* **Dispatched operations** per block, on the CPU path and on the path every other device takes
+  (counted on PyTorch's ``meta`` device, which computes shapes only). On a GPU each one is at
+  least one kernel launch of a few microseconds, so this count bounds how fast short RNAs run.
 
 The head's benchmark (``bench_ss_head.py``) gives the totals; this script says which part to work
 on. Matrix products are the only part that runs near the CPU's peak.
@@ -28,6 +31,8 @@ import time
 from pathlib import Path
 
 import torch
+
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 
@@ -99,6 +104,32 @@ def operation_seconds(head: RotaFormer, representations: torch.Tensor) -> dict[s
     return dict(kinds)
 
 
+class _CountOperations(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def dispatched_operations(head: RotaFormer, representations: torch.Tensor) -> dict[str, float]:
+    """Operations dispatched per block by one forward pass: on the CPU (one thread: dispatch
+    modes do not see worker threads) and off it (the ``meta`` device takes the GPU path)."""
+    meta = RotaFormer(head.config).to(device="meta", dtype=head.dtype).eval()
+    previous, head.chunk_threads = head.chunk_threads, 1
+    counts = {}
+    try:
+        for path, module in (("cpu", head), ("gpu (meta device)", meta)):
+            with torch.inference_mode(), _CountOperations() as counter:
+                module(representations.to(module.conv.weight.device))
+            counts[path] = counter.count / len(head.blocks)
+    finally:
+        head.chunk_threads = previous
+    return counts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=[100, 300])
@@ -119,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
         operations = operation_seconds(head, representations)
         modules = module_seconds(head, representations, args.repeats)
         results.append({"length": length, "modules_seconds_per_block": modules,
-                        "operations_seconds_per_block_one_thread": operations})  # fmt: skip
+                        "operations_seconds_per_block_one_thread": operations,
+                        "dispatched_operations_per_block": dispatched_operations(head, representations)})  # fmt: skip
         print(f"L={length} done", file=sys.stderr, flush=True)
 
     command = "python benchmarks/profile_ss_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -138,6 +170,9 @@ def main(argv: list[str] | None = None) -> None:
         print("| kind | ms | share |\n|---|---|---|")
         for kind, seconds in sorted(operations.items(), key=lambda item: -item[1]):
             print(f"| {kind} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
+        counts = r["dispatched_operations_per_block"]
+        print(f"\nL = {r['length']}: dispatched operations per block: "
+              + ", ".join(f"{path} {count:,.0f}" for path, count in counts.items()))
         print()
     if args.json:
         args.json.write_text(json.dumps({"hardware": hardware(), "dtype": args.dtype, "threads": args.threads,

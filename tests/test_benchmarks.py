@@ -49,6 +49,9 @@ def test_profile_ss_head_times_every_update_and_kind_of_operation(tmp_path):
     operations = result["operations_seconds_per_block_one_thread"]
     assert {"matrix products", "softmax", "layer norm", "copies and casts"} <= set(operations)
     assert operations["matrix products"] > 0
+    # Every device but the CPU takes the fused-attention path: fewer operations, as many blocks.
+    counts = result["dispatched_operations_per_block"]
+    assert set(counts) == {"cpu", "gpu (meta device)"} and 0 < counts["gpu (meta device)"] < counts["cpu"]
     assert "triangle_attention_starting" in done.stdout
 
 
