@@ -138,13 +138,20 @@ def test_chunks_on_worker_threads_equal_one_thread(parity):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_bfloat16_stays_close_to_float32(parity, device):
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_half_precision_stays_close_to_float32(parity, device, dtype, attention_path):
     head, expected = parity
-    bf16 = on(device, head, torch.bfloat16)
-    logits = run(bf16, torch.from_numpy(expected["input_1"]).to(device))
+    half = on(device, head, dtype)
+    singles = [torch.from_numpy(expected[f"input_{i}"]).to(device) for i in range(2)]  # 17 and 40 nt
+    logits = run(half, singles[1])
     assert logits.dtype == torch.float32
     # The logits span about +-20 here; bf16 keeps 8 bits of mantissa.
     np.testing.assert_allclose(logits.cpu().numpy(), expected["logits_1"], atol=0.25, rtol=0)
+    # Padded keys are masked in this dtype too (float16 cannot hold the usual mask value).
+    batch = torch.zeros(2, *singles[1].shape[1:], device=device)
+    batch[0], batch[1, : singles[0].shape[1]] = singles[1][0], singles[0][0]
+    logits = run(half, batch, torch.tensor([40, 17]))
+    np.testing.assert_allclose(logits[1, :17, :17].cpu().numpy(), expected["logits_0"], atol=0.25, rtol=0)
 
 
 def test_save_and_load_round_trip(parity, tmp_path):

@@ -138,8 +138,10 @@ _ONEDNN_LINEAR = _onednn_linear_available()
 
 
 def _use_onednn(x: torch.Tensor) -> bool:
-    # The oneDNN op has no backward: autograd always takes the plain PyTorch path.
-    return _ONEDNN_LINEAR and x.device.type == "cpu" and not torch.is_grad_enabled()
+    # The oneDNN op has no backward: autograd always takes the plain PyTorch path. It has no
+    # float16 kernel on CPUs without AVX512-FP16 either (float16 is for GPUs; PyTorch's own
+    # kernels still run it, slowly).
+    return _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype != torch.float16 and not torch.is_grad_enabled()
 
 
 def linear(
@@ -500,7 +502,8 @@ def _pair_bias(
     of rows, with padded keys masked."""
     bias = _by_rows(L, chunk_size, lambda rows: linear(normed_rows(rows), projection.weight))
     bias = bias.permute(2, 0, 1).contiguous()  # (L, L, H) => (H, L, L), each head one block
-    return bias if mask is None else bias.masked_fill(~mask, _MASKED)
+    # float16 cannot hold _MASKED: its most negative value masks as well (softmax weight 0).
+    return bias if mask is None else bias.masked_fill(~mask, max(_MASKED, torch.finfo(bias.dtype).min))
 
 
 class RowAttentionWithPairBias(nn.Module):
