@@ -1,7 +1,7 @@
 """Devices for the tests of inference paths that must hold on a GPU too.
 
-Without a GPU the CUDA cases skip: CI has none. They were run on a lent NVIDIA H200 (BENCHMARKS.md,
-"On a GPU").
+Without a GPU the CUDA cases skip: CI has none. Run them where there is one with
+``benchmarks/run_gpu.sh``; what a lent NVIDIA H200 made of them is in BENCHMARKS.md ("On a GPU").
 """
 
 import pytest
