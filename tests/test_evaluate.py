@@ -1,4 +1,5 @@
 import csv
+import gzip
 import json
 import logging
 import time
@@ -178,11 +179,12 @@ def test_model_evaluation_follows_the_original_protocol(ts0_head, tiny_model):
     assert result.settings["threshold"] == 0.5
 
 
-def test_cli_with_a_model_resumes_from_the_per_sequence_file(saved_models, data_dir, tmp_path, capsys):
+def test_cli_with_a_model_resumes_from_the_per_sequence_file(saved_models, data_dir, tmp_path, capsys, monkeypatch):
+    import protrna.evaluate
     from protrna.cli import main
 
     lm, head = saved_models
-    tsv, summary = tmp_path / "scores.tsv", tmp_path / "summary.json"
+    tsv, summary = tmp_path / "out" / "scores.tsv", tmp_path / "out" / "summary.json"  # out/ is created
     args = ["evaluate", "--reference", str(data_dir / "bprna" / "TS0.dbn"), "--model", str(lm),
             "--head", str(head), "--limit", "4", "--per-sequence", str(tsv), "--summary", str(summary), "-q"]
     assert main(args) == 0
@@ -191,11 +193,32 @@ def test_cli_with_a_model_resumes_from_the_per_sequence_file(saved_models, data_
     assert rows[0] == ["id", "length", *METRICS] and len(rows) == 5
     saved = json.loads(summary.read_text())
     assert saved["n"] == 4 and set(saved["means"]) == set(METRICS) and saved["settings"]["threshold"] == 0.25
-    # An interrupted run left two rows (and a torn third); the rerun scores only the rest.
-    partial = tmp_path / "scores.tsv.partial"
-    partial.write_text("\n".join(first.splitlines()[:3]) + "\nbpRNA_CRW_15839\t12")
     tsv.unlink()
+
+    scored = []
+
+    def interrupted_after_two(*arguments):
+        if len(scored) == 2:
+            raise KeyboardInterrupt
+        scored.append(arguments)
+        return score(*arguments)
+
+    monkeypatch.setattr(protrna.evaluate, "score", interrupted_after_two)
+    assert main(args) == 130  # Ctrl-C after two records
+    partial = tmp_path / "out" / "scores.tsv.partial"
+    assert not tsv.exists() and len(partial.read_text().splitlines()) == 4  # settings, header, 2 rows
+    with open(partial, "a") as handle:
+        handle.write("bpRNA_CRW_15839\t12")  # a torn line, as a kill mid-write leaves
+
+    # Another threshold: the rows on disk do not apply, and are kept for a rerun that fits them.
+    before = partial.read_text()
+    assert main(args + ["--threshold", "0.6"]) == 2
+    assert "other settings" in capsys.readouterr().err and partial.read_text() == before
+
+    scored.clear()
+    monkeypatch.setattr(protrna.evaluate, "score", lambda *arguments: scored.append(arguments) or score(*arguments))
     assert main(args) == 0
+    assert len(scored) == 2  # only the two records not in the partial file
     assert tsv.read_text() == first and not partial.exists()
     assert "ProtRNA" in capsys.readouterr().out
 
@@ -212,3 +235,87 @@ def test_cli_scores_a_prediction_file(ts0_head, data_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     assert out.splitlines()[1].split()[:3] == ["mine", "6", "0.0000"]
     assert main(["evaluate", "--reference", str(reference), "--predictions", str(tmp_path / "none.dbn")]) == 2
+
+
+def test_cli_reads_what_other_predictors_write(ts0_head, tmp_path, capsys):
+    """RNAfold's output (energy after the structure), ids matched past --limit, folder names."""
+    from protrna.cli import main
+
+    reference = tmp_path / "ref.dbn"
+    write_dbn(ts0_head, reference)
+    folder = tmp_path / "rnafold_run"
+    folder.mkdir()
+    with open(folder / "rnafold.dbn", "w") as handle:  # as `RNAfold < ref.fa > rnafold.dbn` writes it
+        for record in ts0_head:
+            handle.write(f">{record.id}\n{record.sequence}\n{record.dot_bracket} ( -1.20)\n")
+    args = ["evaluate", "--reference", str(reference), "--summary", str(tmp_path / "s.json")]
+    assert main(args + ["--predictions", str(folder / "rnafold.dbn")]) == 0
+    line = capsys.readouterr().out.splitlines()[1].split()
+    assert line[:2] == ["rnafold", "6"]  # the folder's name is not taken: the file's is
+    assert float(line[-1]) == 1.0  # the reference's own structures, read back: shifted F1 1 everywhere
+
+    # With --limit, predictions of the records left out are not "unmatched".
+    assert main(args + ["--predictions", str(folder / "rnafold.dbn"), "--limit", "2"]) == 0
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["n"] == 2 and summary["unmatched"] == []
+    capsys.readouterr()
+
+    with open(folder / "rnafold.dbn", "rb") as src, gzip.open(tmp_path / "mine.dbn.gz", "wb") as dst:
+        dst.write(src.read())
+    assert main(args + ["--predictions", str(tmp_path / "mine.dbn.gz")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[0] == "mine"
+
+
+def test_cli_on_missing_and_on_sequence_mismatch(ts0_head, tmp_path, capsys):
+    from protrna.cli import main
+
+    reference = tmp_path / "ref.dbn"
+    write_dbn(ts0_head, reference)
+    predictions = tmp_path / "mine.dbn"
+    # Record 0 missing, record 1 under an id that differs in case only, record 2 one base changed.
+    changed = ts0_head[2].sequence[:-1] + ("A" if ts0_head[2].sequence[-1] != "A" else "C")
+    write_dbn([StructureRecord(ts0_head[1].id.upper(), ts0_head[1].sequence, ts0_head[1].pairs),
+               StructureRecord(ts0_head[2].id, changed, ts0_head[2].pairs)]
+              + [StructureRecord(r.id, r.sequence, r.pairs) for r in ts0_head[3:]], predictions)
+    args = ["evaluate", "--reference", str(reference), "--predictions", str(predictions)]
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert "2 (" in error and "have no prediction" in error and "only in case" in error and "--on-missing" in error
+    assert main(args + ["--on-missing", "skip"]) == 2
+    assert "--on-sequence-mismatch warn" in capsys.readouterr().err
+    assert main(args + ["--on-missing", "skip", "--on-sequence-mismatch", "warn"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["mine", "4"]
+    assert main(args + ["--on-missing", "empty", "--on-sequence-mismatch", "warn"]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split()[:2] == ["mine", "6"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--threshold", "0.5"], "--threshold apply to running the model"),
+        (["--model", "m", "--dtype", "bfloat16"], "--model, --dtype apply to running the model"),
+    ],
+)
+def test_cli_refuses_options_that_would_be_ignored(ts0_head, tmp_path, capsys, extra, message):
+    from protrna.cli import main
+
+    reference = tmp_path / "ref.dbn"
+    write_dbn(ts0_head, reference)
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(reference), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_without_viennarna_stops_before_any_work(ts0_head, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from protrna.cli import main
+
+    monkeypatch.setitem(sys.modules, "RNA", None)  # `import RNA` fails as if not installed
+    reference = tmp_path / "ref.dbn"
+    write_dbn(ts0_head, reference)
+    tsv = tmp_path / "scores.tsv"
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(reference),
+                 "--baseline", "rnafold", "--per-sequence", str(tsv)]) == 2
+    captured = capsys.readouterr()
+    assert 'pip install "protrna[rnafold]"' in captured.err and "Traceback" not in captured.err
+    assert captured.out == "" and not tsv.exists()

@@ -175,6 +175,8 @@ def test_bpseq_with_crw_header(tmp_path):
     [
         ("1 G 4\n2 A 0\n3 A 0\n4 C 2\n", r"base 1 pairs with 4, but base 4 pairs with 2"),
         ("1 G 0\n3 A 0\n", r"line 2: base index 3, expected 2"),
+        # A missing base line is reported as such, not as base 1's partner beyond the end.
+        ("1 G 5\n2 A 0\n4 A 0\n5 C 1\n", r"line 3: base index 4, expected 3"),
         ("1 G 9\n2 A 0\n", r"line 1: base 1 has partner 9, not in 1..2"),
         ("1 G 0\n2 A\n", r"line 2: expected 'index base partner'"),
         ("1 G x\n", r"line 1: partner 'x' is not an integer"),

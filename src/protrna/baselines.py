@@ -20,7 +20,8 @@ class _SequenceRecord(Protocol):
     sequence: str
 
 
-def _vienna():
+def require_vienna():
+    """The ViennaRNA module ``RNA``; ``ImportError`` with the install command if it is missing."""
     try:
         import RNA
     except ImportError as error:
@@ -38,7 +39,7 @@ def rnafold(sequence: str) -> BasePairs:
     Lower case and T are accepted; ``N`` and other codes never pair. One partner per base and no
     pseudoknots, by construction of the algorithm.
     """
-    structure, _energy = _vienna().fold(sequence.upper())
+    structure, _energy = require_vienna().fold(sequence.upper())
     return BasePairs.from_dot_bracket(structure, source=f"RNAfold output ({len(sequence)} nt)")
 
 
@@ -48,7 +49,7 @@ def rnafold_records(records: Iterable[_SequenceRecord]) -> Iterator[StructureRec
     The sequence is kept as given, so the result can be written with
     :func:`protrna.structure.write_dbn` and scored against the reference it came from.
     """
-    _vienna()  # fail before the first record if ViennaRNA is missing
+    require_vienna()  # fail before the first record if ViennaRNA is missing
     for record in records:
         pairs = rnafold(record.sequence)
         yield StructureRecord(record.id, record.sequence, pairs, source="RNAfold")

@@ -52,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, OSError) as error:
-        # Input problems get one clear line, not a traceback; --verbose shows the traceback.
+    except (ValueError, OSError, ImportError) as error:
+        # Input problems and missing optional extras get one clear line, not a traceback;
+        # --verbose shows the traceback.
         if args.verbose:
             raise
         print(f"protrna {args.command}: error: {error}", file=sys.stderr)

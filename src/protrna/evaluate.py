@@ -22,6 +22,7 @@ import csv
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
@@ -103,7 +104,9 @@ def _checked_pairs(
             f"({prediction.sequence[first]!r} vs {reference.sequence[first]!r})"
         )
         if on_sequence_mismatch == "error":
-            raise StructureError(f"{message}; pass on_sequence_mismatch='warn' to score anyway")
+            raise StructureError(
+                f"{message}; pass on_sequence_mismatch='warn' (--on-sequence-mismatch warn) to score anyway"
+            )
         logger.warning("%s; scored anyway", message)
     return prediction.pairs
 
@@ -156,9 +159,15 @@ def score_predictions(
     missing = [record.id for record in references if record.id not in predictions]
     unmatched = [key for key in predictions if key not in reference_ids]
     if missing and on_missing == "error":
+        hint = ""
+        if unmatched:
+            hint = f"; {_ids_text(unmatched)} prediction ids are not in the reference"
+            folded = {key.casefold() for key in unmatched}
+            if any(key.casefold() in folded for key in missing):
+                hint += " (some differ from reference ids only in case)"
         raise ValueError(
-            f"{predictor}: {_ids_text(missing)} reference sequences have no prediction; "
-            "predict them, or pass on_missing='skip' or 'empty'"
+            f"{predictor}: {_ids_text(missing)} reference sequences have no prediction{hint}; "
+            "predict them, or pass on_missing='skip' or 'empty' (--on-missing on the command line)"
         )
     if missing:
         logger.warning(
@@ -235,13 +244,38 @@ def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
 
 # --- the model-driven evaluation and the command line -----------------------------------------
 
+_DEFAULT_MODEL, _DEFAULT_HEAD = "ProtRNA_pretrained", "ssHead_RF_bprna"
 
-def _read_rows(path: Path) -> dict[str, dict]:
-    """Per-sequence rows of an interrupted run (``.partial`` TSV); a torn last line is ignored."""
+
+# First line of a ``.partial`` TSV: what its rows were scored with, so that a rerun with another
+# threshold, model or reference starts over instead of mixing in stale rows.
+_SETTINGS_LINE = "# settings: "
+
+
+def _read_rows(path: Path, settings: Mapping) -> dict[str, dict]:
+    """Per-sequence rows of an interrupted run (``.partial`` TSV); a torn last line is ignored.
+
+    Raises ``ValueError`` if the rows were scored with other ``settings``.
+    """
     rows: dict[str, dict] = {}
     if not path.exists():
         return rows
     with open(path, encoding="utf-8") as handle:
+        first = handle.readline()
+        try:
+            previous = json.loads(first[len(_SETTINGS_LINE):]) if first.startswith(_SETTINGS_LINE) else None
+        except json.JSONDecodeError:
+            previous = None
+        if previous is None:
+            logger.warning("%s: no settings line (an older or foreign file); starting over", path)
+            return rows
+        if previous != settings:
+            differing = {key: (previous.get(key), settings.get(key))
+                         for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)}
+            raise ValueError(
+                f"{path} holds scores made with other settings (then, now: {differing}); delete it "
+                "to start over, or rerun with the same settings to resume"
+            )
         reader = csv.reader(handle, delimiter="\t")
         header = next(reader, None)
         if header != ["id", "length", *METRICS]:
@@ -255,6 +289,21 @@ def _read_rows(path: Path) -> dict[str, dict]:
             except ValueError:
                 break
     return rows
+
+
+def _start_partial(path: Path, settings: Mapping, rows: Iterable[dict]):
+    """Write the settings line, the header and ``rows`` to ``path`` through a temporary file (a
+    kill mid-way leaves the old file whole), then open it for appending; returns (file, writer)."""
+    scratch = path.with_name(path.name + ".tmp")
+    with open(scratch, "w", encoding="utf-8", newline="") as handle:
+        handle.write(_SETTINGS_LINE + json.dumps(settings) + "\n")
+        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
+        writer.writerow(("id", "length") + METRICS)
+        for row in rows:
+            writer.writerow([row["id"], row["length"]] + [repr(row[m]) for m in METRICS])
+    os.replace(scratch, path)
+    sink = open(path, "a", encoding="utf-8", newline="")
+    return sink, csv.writer(sink, delimiter="\t", lineterminator="\n")
 
 
 def evaluate_predictor(
@@ -272,7 +321,8 @@ def evaluate_predictor(
     Each reference sequence is predicted, ``probabilities > threshold`` (the head's threshold by
     default) is scored as is against the reference pairs, with no one-partner, canonical or loop
     filter. With ``resume_from`` (a ``.tsv`` path), rows are appended to ``<path>.partial`` as
-    they are computed and a rerun skips the sequences already there.
+    they are computed and a rerun skips the sequences already there; a rerun with another
+    threshold or other ``settings`` (``limit`` aside) raises ``ValueError`` instead of mixing rows.
     """
     from tqdm.auto import tqdm
 
@@ -284,13 +334,12 @@ def evaluate_predictor(
     sink = None
     if resume_from is not None:
         partial = Path(str(resume_from) + ".partial")
-        rows = {k: v for k, v in _read_rows(partial).items() if k in by_id}
-        sink = open(partial, "w", encoding="utf-8", newline="")
-        writer = csv.writer(sink, delimiter="\t", lineterminator="\n")
-        writer.writerow(("id", "length") + METRICS)
-        for row in rows.values():  # rewritten whole, so a torn last line disappears
-            writer.writerow([row["id"], row["length"]] + [repr(row[m]) for m in METRICS])
-        sink.flush()
+        # What the rows depend on; --limit only chooses which rows there are.
+        key = {"threshold": threshold, **{k: v for k, v in (settings or {}).items() if k != "limit"}}
+        key = json.loads(json.dumps(key, default=str))
+        rows = {k: v for k, v in _read_rows(partial, key).items() if k in by_id}
+        # Rewritten whole, so a torn last line disappears.
+        sink, writer = _start_partial(partial, key, rows.values())
         if rows:
             logger.info("resuming: %d of %d sequences already scored", len(rows), len(references))
     todo = [(r.id, r.sequence) for r in references if r.id not in rows]
@@ -327,41 +376,94 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--reference", required=True, type=Path,
                         help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them")
-    parser.add_argument("--predictions", type=Path,
-                        help="score these structures (.dbn, e.g. from protrna fold) instead of running a model")
-    parser.add_argument("--model", default="ProtRNA_pretrained", help="language model (default: %(default)s)")
-    parser.add_argument("--head", default="ssHead_RF_bprna", help="structure head (default: %(default)s)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
+    scored = parser.add_argument_group("scoring given structures (instead of running the model)")
+    scored.add_argument("--predictions", type=Path,
+                        help="structures to score: 3-line .dbn (protrna fold, RNAfold, MXfold2 ...; energies "
+                        "after the structure are ignored), a .bpseq/.ct file or a folder of them")
+    scored.add_argument("--on-missing", choices=["error", "skip", "empty"], default="error",
+                        help="a reference id without prediction: stop (default), leave it out, or score it as "
+                        "no pairs")
+    scored.add_argument("--on-sequence-mismatch", choices=["error", "warn"], default="error",
+                        help="a prediction whose sequence differs from the reference's: stop (default) or "
+                        "score it with a warning")
+    model = parser.add_argument_group("running ProtRNA (without --predictions)")
+    model.add_argument("--model", default=None, help=f"language model (default: {_DEFAULT_MODEL})")
+    model.add_argument("--head", default=None, help=f"structure head (default: {_DEFAULT_HEAD})")
+    model.add_argument("--threshold", type=float, default=None,
+                       help="pair probability cut-off (default: the head's, 0.25 for the official head)")
+    model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                       help="compute dtype (default: float32, the closest to the original)")
+    model.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--baseline", nargs="+", default=[], choices=["rnafold"],
                         help="also score RNAfold (needs pip install 'protrna[rnafold]') on the same sequences")
     parser.add_argument("--limit", type=int, default=None, help="only the first N reference records")
-    parser.add_argument("--per-sequence", type=Path, help="TSV of per-sequence scores (enables resuming)")
+    parser.add_argument("--per-sequence", type=Path,
+                        help="TSV of per-sequence scores (with a model: also where an interrupted run resumes)")
     parser.add_argument("--summary", type=Path, help="JSON with the means, n and settings")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
 
+def _predictor_name(path: Path) -> str:
+    """``mine`` for ``mine.dbn``, ``mine.dbn.gz`` or a folder ``mine/`` (``.`` included)."""
+    name = path.resolve().name
+    if path.is_dir():
+        return name
+    name = name[:-3] if name.endswith(".gz") else name
+    return Path(name).stem
+
+
+def _check_options(args) -> None:
+    """Options that do nothing in the chosen mode are errors, not silently ignored."""
+    if args.predictions is not None:
+        ignored = [f"--{name.replace('_', '-')}" for name in ("model", "head", "threshold", "dtype", "device")
+                   if getattr(args, name) is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} apply to running the model; --predictions are scored as given")
+    else:
+        ignored = [flag for flag, value, default in (("--on-missing", args.on_missing, "error"),
+                                                     ("--on-sequence-mismatch", args.on_sequence_mismatch, "error"))
+                   if value != default]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} apply to --predictions; the model predicts every reference")
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold is a pair probability, between 0 and 1, not {args.threshold}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError("--limit must be at least 1")
+
+
 def _run(args) -> int:
-    references = read_reference(args.reference)
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError("--limit must be at least 1")
-        references = references[: args.limit]
+    _check_options(args)
+    if "rnafold" in args.baseline:
+        from .baselines import require_vienna
+
+        require_vienna()  # before any work, not after the model has run
+    for output in (args.per_sequence, args.summary):
+        if output is not None:
+            output.parent.mkdir(parents=True, exist_ok=True)
+    every_reference = read_reference(args.reference)
+    references = every_reference[: args.limit] if args.limit is not None else every_reference
     common = {"reference": str(args.reference), "limit": args.limit}
     if args.predictions is not None:
-        main = score_predictions(references, read_predictions(args.predictions), predictor=args.predictions.stem,
-                                 settings={**common, "predictions": str(args.predictions)})
+        predictions = read_predictions(args.predictions)
+        if len(references) < len(every_reference):  # predictions of the records past --limit are expected
+            left_out = {record.id for record in every_reference[len(references):]}
+            predictions = [record for record in predictions if record.id not in left_out]
+        main = score_predictions(
+            references, predictions, predictor=_predictor_name(args.predictions),
+            on_missing=args.on_missing, on_sequence_mismatch=args.on_sequence_mismatch,
+            settings={**common, "predictions": str(args.predictions)},
+        )
     else:
         from .fold import load_predictor
 
-        predictor = load_predictor(args.model, args.head, dtype=args.dtype, device=args.device)
+        model, head = args.model or _DEFAULT_MODEL, args.head or _DEFAULT_HEAD
+        dtype = args.dtype or "float32"
+        predictor = load_predictor(model, head, dtype=dtype, device=args.device)
         main = evaluate_predictor(
             references, predictor, threshold=args.threshold, progress=not args.quiet,
             resume_from=args.per_sequence,
-            settings={**common, "model": args.model, "head": args.head, "dtype": args.dtype},
+            settings={**common, "model": model, "head": head, "dtype": dtype},
         )
     evaluations = [main]
     if "rnafold" in args.baseline:

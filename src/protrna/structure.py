@@ -398,9 +398,12 @@ def _pairs_from_partner_columns(
     length = len(entries)
     sequence = []
     partner = {}
-    for expected, (index, base, other, line) in enumerate(entries, start=1):
+    # Indices first: a missing or repeated base line is the error to report, not the partner
+    # that points past the shortened end.
+    for expected, (index, _base, _other, line) in enumerate(entries, start=1):
         if index != expected:
             raise StructureError(f"{path}, line {line}: base index {index}, expected {expected}")
+    for index, base, other, line in entries:
         if not 0 <= other <= length or other == index:
             raise StructureError(
                 f"{path}, line {line}: base {index} has partner {other}, not in 1..{length} "

@@ -51,6 +51,16 @@ def test_gapped_sequence_is_not_taken_for_a_structure(tmp_path):
     assert record.sequence == "ACGU..ACGU" and record.structure is None
 
 
+def test_energies_after_the_structure_are_dropped(tmp_path):
+    # As RNAfold, MXfold2, LinearFold and CONTRAfold print them.
+    path = tmp_path / "folded.dbn"
+    path.write_text(">a\nGGGAAACCC\n(((...))) ( -1.20)\n>b\nGGGAAACCC\n(((...))) (-1.2)\n"
+                    ">c\nGGGAAACCC\n......... [0.00]\n>d\nGGGAAACCC\n((.....))\t-3.5\n>e\nACGU 12\n")
+    records = list(read_fasta(path))
+    assert [r.structure for r in records] == ["(((...)))", "(((...)))", ".........", "((.....))", None]
+    assert records[-1].sequence == "ACGU12"  # a number after a sequence stays (and fails the checks later)
+
+
 def test_real_fasta(data_dir):
     records = list(read_fasta(data_dir / "ncrna" / "dataset_nRC_test.fasta"))
     assert len(records) == 2529

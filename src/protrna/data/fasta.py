@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import gzip
 import io
+import re
 import shutil
 import sys
 import tempfile
@@ -18,6 +19,10 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 _BRACKETS = frozenset("()[]{}<>")
+
+# The free energy (or score) that RNAfold, MXfold2, LinearFold and others print after the
+# structure: "((...)) ( -1.20)", "((...)) (-1.2)", "((...)) [-3.40]", "((...))\t-1.2".
+_ENERGY = re.compile(r"\s+(?:\(\s*[-+]?\d+(?:\.\d*)?\s*\)|\[\s*[-+]?\d+(?:\.\d*)?\s*\]|[-+]?\d+(?:\.\d*)?)$")
 
 
 class FastaFormatError(ValueError):
@@ -127,10 +132,12 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
                         f"{path}, line {number}: sequence before the first '>' header; "
                         "is this a FASTA file?"
                     )
-                if chunks and (structure or _is_structure_line(line)):
-                    structure.append(line)
-                else:
-                    chunks.append("".join(line.split()))
+                if chunks:
+                    bare = _ENERGY.sub("", line)
+                    if structure or _is_structure_line(bare):
+                        structure.append(bare)
+                        continue
+                chunks.append("".join(line.split()))
     except UnicodeDecodeError as error:
         raise FastaFormatError(f"{path}: not a text file ({error})") from None
     if header is not None:
