@@ -149,6 +149,43 @@ def test_other_settings_in_the_same_directory_are_refused(tiny_model, tiny_head,
         fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, threshold=0.9, progress=False)
 
 
+def test_another_input_in_the_same_directory_is_refused(tiny_model, tiny_head, tmp_path):
+    # 'seq/7' inserted before 'seq:7' would take its file name (seq_7) and overwrite its files.
+    first = write_fasta(tmp_path / "c1.fa", [("seq:7", "GGGAAACCCUUU")])
+    fold_fasta(first, tmp_path / "o", tiny_model, tiny_head, formats=["bpseq"], progress=False)
+    grown = write_fasta(tmp_path / "c2.fa", [("seq/7", "AAAAAAAAAA"), ("seq:7", "GGGAAACCCUUU")])
+    with pytest.raises(FileExistsError, match="input_sha256"):
+        fold_fasta(grown, tmp_path / "o", tiny_model, tiny_head, formats=["bpseq"], progress=False)
+    assert (tmp_path / "o" / "seq_7.bpseq").read_text().startswith("# seq:7")
+    # Formats in another order are the same settings: the finished run is found, nothing refused.
+    fold_fasta(first, tmp_path / "o", tiny_model, tiny_head, formats=["bpseq", "dbn"], progress=False)
+    fold_fasta(first, tmp_path / "o", tiny_model, tiny_head, formats=["dbn", "bpseq"], progress=False)
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(min_hairpin=-1), "--min-hairpin must be 0 or more"),
+        (dict(threshold=float("nan")), "between 0 and 1, not nan"),
+        (dict(threshold=1.5), "between 0 and 1, not 1.5"),
+        (dict(max_tokens=0), "--max-tokens must be at least 1"),
+        (dict(device="gpu"), "'gpu' is not a device"),
+    ],
+)
+def test_bad_options_stop_before_anything_is_written(tiny_model, tiny_head, tmp_path, options, message):
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    with pytest.raises(ValueError, match=message):
+        fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, progress=False, **options)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_clear_error(tiny_model, tiny_head, tmp_path):
+    with pytest.raises(ValueError, match="sees 0 CUDA devices"):
+        fold_fasta(write_fasta(tmp_path / "in.fa", RECORDS), tmp_path / "o", tiny_model, tiny_head,
+                   device="cuda", progress=False)
+
+
 def test_bad_records(tiny_model, tiny_head, tmp_path):
     fasta = write_fasta(tmp_path / "bad.fa", [("a", "ACGU"), ("b", "ACGUZ")])
     with pytest.raises(InvalidRecordError, match=r"'b'.*'Z' at position 5"):
@@ -178,3 +215,34 @@ def test_cli_folds_standard_input_like_a_file(tiny_model, tiny_head, tmp_path, m
     from_file, from_stdin = tmp_path / "from_file", tmp_path / "from_stdin"
     assert (from_stdin / "predictions.dbn").read_text() == (from_file / "predictions.dbn").read_text()
     assert sorted(p.name for p in from_stdin.iterdir()) == sorted(p.name for p in from_file.iterdir())
+
+
+def test_cli_reads_gzip_from_a_pipe_and_names_a_damaged_file(tiny_model, tiny_head, tmp_path, monkeypatch, capsys):
+    import gzip
+    import io
+
+    from protrna.cli import main
+
+    model_dir, head_dir = tiny_model.save_pretrained(tmp_path / "lm"), tmp_path / "head"
+    tiny_head.save_pretrained(head_dir)
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    models = ["--model", str(model_dir), "--head", str(head_dir), "-q"]
+    assert main(["fold", str(fasta), "-o", str(tmp_path / "plain"), *models]) == 0
+    packed = gzip.compress(fasta.read_bytes())
+
+    class Pipe(io.StringIO):  # what `zcat -f | protrna fold -` would not need: gzip bytes on stdin
+        buffer = io.BytesIO(packed)
+
+    monkeypatch.setattr("sys.stdin", Pipe())
+    assert main(["fold", "-", "-o", str(tmp_path / "piped"), *models]) == 0
+    assert (tmp_path / "piped" / "predictions.dbn").read_text() == (tmp_path / "plain" / "predictions.dbn").read_text()
+
+    (tmp_path / "cut.fa.gz").write_bytes(packed[:40])
+    (tmp_path / "fake.fa.gz").write_text(">a\nACGU\n")
+    capsys.readouterr()
+    for name in ("cut.fa.gz", "fake.fa.gz"):
+        assert main(["fold", str(tmp_path / name), "-o", str(tmp_path / name[:4]), *models]) == 2
+        error = capsys.readouterr().err
+        assert name in error and "damaged or not gzip" in error and "Traceback" not in error
+    assert main(["fold", str(tmp_path), "-o", str(tmp_path / "dir"), *models]) == 2
+    assert "is a folder" in capsys.readouterr().err

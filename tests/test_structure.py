@@ -224,7 +224,10 @@ def test_dbn_errors_name_file_and_record(tmp_path):
     with pytest.raises(StructureError, match=r"record 'open' \(line 4\): unbalanced '\(' at position 2"):
         list(read_dbn(path))
     path.write_text(">nostructure\nGGAACC\n")
-    with pytest.raises(StructureError, match="'nostructure'.*no dot-bracket line"):
+    with pytest.raises(StructureError, match="'nostructure'.*no dot-bracket line after the sequence$"):
+        list(read_dbn(path))
+    path.write_text(">dots\nGGAACC\n.....\n")
+    with pytest.raises(StructureError, match="'dots'.*no dot-bracket line.*as long as the sequence"):
         list(read_dbn(path))
 
 

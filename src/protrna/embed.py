@@ -227,7 +227,7 @@ def embed_fasta(
     owned = isinstance(model, (str, Path))
     model = prepare_model(model, dtype, device)
     layers = resolve_layers(layers, model.num_layers)
-    max_tokens = max_tokens or default_max_tokens(model.device)
+    max_tokens = token_budget(max_tokens, model.device)
     # A model we loaded is ours to change for good; a caller's model gets its layers back.
     unpack = pack_for_cpu_inference(model, rows_hint=max_tokens)
     if owned:
@@ -305,10 +305,26 @@ def _pending_chunks(records: Iterator[FastaRecord], pending: np.ndarray):
         yield start, chunk
 
 
-def default_max_tokens(device: torch.device) -> int:
-    """Token budget per batch. On CPU, batches of ~1,000-1,500 tokens run fastest (larger ones
-    fall out of the caches; benchmarks/bench_embed.py); GPUs want large batches."""
-    return 16_384 if device.type == "cuda" else 1_536
+def token_budget(max_tokens: int | None, device: torch.device) -> int:
+    """``max_tokens`` (checked), or the default token budget per batch on ``device``. On CPU,
+    batches of ~1,000-1,500 tokens run fastest (larger ones fall out of the caches;
+    benchmarks/bench_embed.py); GPUs want large batches."""
+    if max_tokens is None:
+        return 16_384 if device.type == "cuda" else 1_536
+    if max_tokens < 1:
+        raise ValueError(f"--max-tokens must be at least 1, not {max_tokens}")
+    return max_tokens
+
+
+def checked_device(device: str) -> torch.device:
+    """``torch.device(device)``, with a clear error for a bad name or a device this PyTorch lacks."""
+    try:
+        target = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
+    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"--device {device}: this PyTorch sees {torch.cuda.device_count()} CUDA devices")
+    return target
 
 
 def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | None = None) -> ProtRNA:
@@ -319,6 +335,8 @@ def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | 
     caller's model in place).
     """
     torch_dtype = None
+    if device is not None:
+        device = checked_device(device)  # before a model of several GB is loaded
     if dtype is not None:
         torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
         if torch_dtype is None:
@@ -339,7 +357,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "embed",
         help="language-model embeddings of a FASTA file, into HDF5",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog="example: protrna embed rnas.fa --output rnas.h5 --include mean per_tok --layers -1 12",
     )
     parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from .data.labelled import LabelledRecord
-from .embed import default_max_tokens, prepare_model
+from .embed import prepare_model, token_budget
 from .heads.task import TaskHead, TaskHeadConfig
 from .inference import DEFAULT_OVERLAP, WindowedEncoder
 from .model import ProtRNA
@@ -126,7 +126,7 @@ class FinetunedModel:
 
         records = [(str(i), r) if isinstance(r, str) else (str(r[0]), r[1]) for i, r in enumerate(records)]
         layer = self.lm.num_layers
-        max_tokens = self.max_tokens or default_max_tokens(self.lm.device)
+        max_tokens = token_budget(self.max_tokens, self.lm.device)
         encoder = WindowedEncoder(self.lm, [layer], max_tokens=max_tokens, overlap=self.window_overlap)
         results: list[Prediction | None] = [None] * len(records)
         with tqdm(total=len(records), unit="seq", desc="predict", disable=not progress, dynamic_ncols=True) as bar:
@@ -199,7 +199,7 @@ def load_finetuned(
         raise ValueError(f"the head takes {head.config.input_dim}-wide features, the language model gives {lm.embed_dim}")
     head.to(lm.device)
     if owned or mode != "frozen":
-        pack_for_cpu_inference(lm, rows_hint=max_tokens or default_max_tokens(lm.device))
+        pack_for_cpu_inference(lm, rows_hint=token_budget(max_tokens, lm.device))
     return FinetunedModel(lm, head, info, max_tokens=max_tokens,
                           window_overlap=info.get("window_overlap", DEFAULT_OVERLAP))
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ from . import __version__
 from .cpu import pack_for_cpu_inference
 from .data.fasta import input_path
 from .data.records import InvalidRecordError, valid_records
-from .embed import DEFAULT_MODEL, default_max_tokens, prepare_model
+from .embed import DEFAULT_MODEL, prepare_model, token_budget
 from .heads.ss import RotaFormer
 from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
 from .model import ProtRNA
@@ -86,7 +87,7 @@ class StructurePredictor:
             )
         self.lm, self.head = lm, head.eval()
         device = lm.device
-        self.encoder = WindowedEncoder(lm, [lm.num_layers], max_tokens or default_max_tokens(device),
+        self.encoder = WindowedEncoder(lm, [lm.num_layers], token_budget(max_tokens, device),
                                        overlap=window_overlap)
         # Pairs (B x L x L) the head takes per batch: batching pays off on GPUs, not on CPUs.
         self.max_pairs = max_pairs or (2**22 if device.type == "cuda" else 2**16)
@@ -139,7 +140,7 @@ def load_predictor(
 
         head = load_pretrained_as(head, RotaFormer, "a structure head")
     head = head.to(device=lm.device, dtype=lm.dtype)
-    max_tokens = max_tokens or default_max_tokens(lm.device)
+    max_tokens = token_budget(max_tokens, lm.device)
     if isinstance(model, (str, Path)):
         pack_for_cpu_inference(lm, rows_hint=max_tokens)  # ours to change: loaded here
     return StructurePredictor(lm, head, max_tokens=max_tokens, window_overlap=window_overlap)
@@ -229,11 +230,25 @@ def fold_fasta(
         raise ValueError(f"--format takes {', '.join(FORMATS)}; got {unknown}")
     if resolve not in CONFLICT_METHODS:
         raise ValueError(f"--resolve takes {', '.join(CONFLICT_METHODS)}; got {resolve!r}")
+    # Options are checked before anything is written: a bad one must not leave an output
+    # directory whose settings then refuse the corrected rerun.
+    if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails too
+        raise ValueError(f"--threshold is a pair probability, between 0 and 1, not {threshold}")
+    if min_hairpin < 0:
+        raise ValueError(f"--min-hairpin must be 0 or more, not {min_hairpin}")
+    if fasta.is_dir():
+        raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
     if not fasta.is_file():
         raise FileNotFoundError(f"input {fasta} does not exist")
     valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid)]
     if not valid:
         raise InvalidRecordError(f"{fasta}: no records to fold")
+    sequences = dict(valid)
+    # Per-record file names depend on every id (clashes are numbered in input order), so a run
+    # resumes only on the same records: another input could give a done record's name to a new one.
+    digest = hashlib.sha256()
+    for record_id, sequence in valid:
+        digest.update(f"{record_id}\n{sequence}\n".encode())
 
     predictor = predictor or load_predictor(model, head, dtype=dtype, device=device, max_tokens=max_tokens,
                                             window_overlap=window_overlap)
@@ -247,8 +262,10 @@ def fold_fasta(
         "resolve": resolve,
         "dtype": str(predictor.lm.dtype).removeprefix("torch."),
         "window_overlap": window_overlap,
-        "formats": formats,
+        "formats": sorted(set(formats) - {"dbn"}),  # predictions.dbn is always written
         "probabilities": probabilities,
+        "input_records": len(valid),
+        "input_sha256": digest.hexdigest(),
         "plot": plot,
         "protrna_version": __version__,
     }
@@ -271,7 +288,7 @@ def fold_fasta(
     done = _read_partial(partial)
     if final.exists() and not partial.exists():
         done = {r.id: (r.sequence, r.dot_bracket) for r in _read_dbn_records(final)}
-    stale = [i for i in done if i not in names or done[i][0] != dict(valid)[i]]
+    stale = [i for i in done if i not in names or done[i][0] != sequences[i]]
     if stale:
         raise FileExistsError(f"{output_dir} has predictions for other input (e.g. {stale[0]!r}); "
                               "choose another output directory")
@@ -328,7 +345,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fold",
         help="predict secondary structures of a FASTA file",
-        description=__doc__.split("\n\n")[0],
+        description=__doc__.split("\n\n")[0].replace("``", ""),
         epilog="example: protrna fold rnas.fa --output-dir folds --format dbn bpseq ct --plot",
     )
     parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")
@@ -353,7 +370,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="compute precision of the language model and head (default: %(default)s, closest to "
                         "the original; bfloat16 is ~1.5-1.9x as fast on CPUs with AVX-512 BF16)")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    parser.add_argument("--max-tokens", type=int, default=None, help="language-model token budget per batch")
+    parser.add_argument("--max-tokens", type=int, default=None,
+                        help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
+    parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
+                        help="overlap of the 510-nt language-model windows covering longer RNAs; the head "
+                        "always sees the whole RNA (default: %(default)s)")
     parser.add_argument("--skip-invalid", action="store_true", help="leave out (and log) bad records")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
@@ -365,7 +386,8 @@ def _run(args: argparse.Namespace) -> int:
             fasta, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
             probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
             min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device,
-            max_tokens=args.max_tokens, skip_invalid=args.skip_invalid, progress=not args.quiet,
+            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.skip_invalid,
+            progress=not args.quiet,
         )
     print(path)
     return 0

@@ -122,7 +122,8 @@ def load_pretrained_as(source: str | os.PathLike, expected: type, what: str) -> 
     model = load_pretrained_model(source)
     if not isinstance(model, expected):
         raise ValueError(f"{source} is not {what} (it loads as {type(model).__name__})")
-    model.source = str(source)
+    # A path is kept absolute, so that rerunning a job from another folder still matches it.
+    model.source = str(Path(source).resolve()) if Path(source).exists() else str(source)
     return model
 
 

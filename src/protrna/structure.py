@@ -353,7 +353,10 @@ def read_dbn(path: str | Path) -> Iterator[StructureRecord]:
     for fasta in read_fasta(path):
         source = f"{path}, record {fasta.id!r} (line {fasta.line})"
         if fasta.structure is None:
-            raise StructureError(f"{source}: no dot-bracket line after the sequence")
+            hint = ""
+            if "." in fasta.sequence:  # see read_fasta: such a line is read as more sequence
+                hint = " (a line of dots only counts as the structure when it is as long as the sequence)"
+            raise StructureError(f"{source}: no dot-bracket line after the sequence{hint}")
         if len(fasta.structure) != len(fasta.sequence):
             raise StructureError(
                 f"{source}: structure length {len(fasta.structure)} != sequence length "

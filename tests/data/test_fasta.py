@@ -61,6 +61,28 @@ def test_energies_after_the_structure_are_dropped(tmp_path):
     assert records[-1].sequence == "ACGU12"  # a number after a sequence stays (and fails the checks later)
 
 
+def test_byte_order_mark_upper_case_gz_and_aligned_gaps(tmp_path):
+    (tmp_path / "bom.fa").write_bytes(b"\xef\xbb\xbf>a\nACGU\n")
+    assert [(r.id, r.sequence) for r in read_fasta(tmp_path / "bom.fa")] == [("a", "ACGU")]
+    (tmp_path / "X.FA.GZ").write_bytes(gzip.compress(b">b\nGGCC\n"))
+    assert [(r.id, r.sequence) for r in read_fasta(tmp_path / "X.FA.GZ")] == [("b", "GGCC")]
+    # A line of gaps in a wrapped alignment is sequence: as a "structure" it would have cut the
+    # record to its first line.
+    (tmp_path / "aln.fa").write_text(">aln\nACGUACGU\n........\nACGUACGU\n")
+    (record,) = read_fasta(tmp_path / "aln.fa")
+    assert record.sequence == "ACGUACGU........ACGUACGU" and record.structure is None
+
+
+def test_damaged_gzip_is_named(tmp_path):
+    path = tmp_path / "cut.fa.gz"
+    import random
+
+    packed = gzip.compress((">a\n" + "".join(random.Random(0).choices("ACGU", k=4000))).encode())
+    path.write_bytes(packed[: len(packed) // 2])
+    with pytest.raises(FastaFormatError, match=r"cut.fa.gz: damaged or not gzip"):
+        list(read_fasta(path))
+
+
 def test_real_fasta(data_dir):
     records = list(read_fasta(data_dir / "ncrna" / "dataset_nRC_test.fasta"))
     assert len(records) == 2529

@@ -15,6 +15,7 @@ import re
 import shutil
 import sys
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, TextIO
 
@@ -47,11 +48,12 @@ class FastaRecord:
 
 
 def open_text(path: str | Path) -> TextIO:
-    """Open a text file, transparently decompressing ``.gz``."""
+    """Open a text file, transparently decompressing ``.gz``; a UTF-8 byte-order mark (as some
+    Windows editors write) is dropped."""
     path = Path(path)
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline=None)
-    return open(path, encoding="utf-8", newline=None)
+    if path.suffix.lower() == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline=None)
+    return open(path, encoding="utf-8-sig", newline=None)
 
 
 @contextlib.contextmanager
@@ -66,8 +68,12 @@ def input_path(path: str | Path) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="protrna-") as scratch:
         spooled = Path(scratch) / "stdin"
-        with open(spooled, "w", encoding="utf-8") as sink:
-            shutil.copyfileobj(sys.stdin, sink)
+        source = getattr(sys.stdin, "buffer", None)  # bytes, so that gzip can come through a pipe
+        with open(spooled, "wb" if source else "w", **({} if source else {"encoding": "utf-8"})) as sink:
+            shutil.copyfileobj(source or sys.stdin, sink)
+        with open(spooled, "rb") as handle:
+            if handle.read(2) == b"\x1f\x8b":  # gzip's magic number
+                spooled = spooled.rename(spooled.with_suffix(".gz"))
         try:
             yield spooled
         except Exception as error:
@@ -104,15 +110,21 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
     header_line = 0
     chunks: list[str] = []
     structure: list[str] = []
+    raw_structure: list[str] = []  # the same lines as read, in case they turn out to be sequence
 
     def emit() -> FastaRecord:
         fields = header.split(maxsplit=1)
         record_id = fields[0] if fields else ""
+        sequence, dot_bracket = "".join(chunks), "".join(structure) if structure else None
+        if dot_bracket is not None and len(dot_bracket) != len(sequence) and not _BRACKETS & set(dot_bracket):
+            # Lines of dots (and letters) that do not make a structure of the sequence's length
+            # are more sequence: an aligned FASTA with a line of gaps.
+            sequence, dot_bracket = sequence + "".join("".join(line.split()) for line in raw_structure), None
         return FastaRecord(
             id=record_id,
-            sequence="".join(chunks),
+            sequence=sequence,
             description=fields[1] if len(fields) > 1 else "",
-            structure="".join(structure) if structure else None,
+            structure=dot_bracket,
             line=header_line,
         )
 
@@ -125,7 +137,7 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
                 if line.startswith(">"):
                     if header is not None:
                         yield emit()
-                    header, header_line, chunks, structure = line[1:].strip(), number, [], []
+                    header, header_line, chunks, structure, raw_structure = line[1:].strip(), number, [], [], []
                     continue
                 if header is None:
                     raise FastaFormatError(
@@ -136,9 +148,12 @@ def read_fasta(path: str | Path) -> Iterator[FastaRecord]:
                     bare = _ENERGY.sub("", line)
                     if structure or _is_structure_line(bare):
                         structure.append(bare)
+                        raw_structure.append(line)
                         continue
                 chunks.append("".join(line.split()))
     except UnicodeDecodeError as error:
         raise FastaFormatError(f"{path}: not a text file ({error})") from None
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise FastaFormatError(f"{path}: damaged or not gzip data ({error})") from None
     if header is not None:
         yield emit()

@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 from .. import __version__
 from ..alphabet import Alphabet, encode_rna
 from ..cpu import pack_for_cpu_inference
-from ..embed import _allocate, default_max_tokens
+from ..embed import _allocate, token_budget
 from ..inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
 from ..model import ProtRNA
 from .checkpoint import latest_checkpoint
@@ -253,7 +253,7 @@ def _build(lm: ProtRNA, path: Path, key: str, fingerprint: str, lm_source: str, 
     lengths = np.array([len(ids) for ids in distinct], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     h5 = _open_partial(partial, key, fingerprint, lm_source, settings, lengths, offsets, lm.embed_dim, layer)
-    max_tokens = max_tokens or default_max_tokens(lm.device)
+    max_tokens = token_budget(max_tokens, lm.device)
     unpack = pack_for_cpu_inference(lm, rows_hint=max_tokens)
     alphabet = Alphabet()
     try:
