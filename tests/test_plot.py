@@ -38,3 +38,11 @@ def test_inputs_are_checked(tmp_path):
         plot_structure(tmp_path / "x.png")
     with pytest.raises(ValueError, match="lengths disagree"):
         plot_structure(tmp_path / "x.png", pred=BasePairs(10), sequence="ACGU")
+
+
+def test_arcs_run_between_one_based_positions():
+    from protrna.plot import _arcs
+
+    (arc,) = _arcs([(0, 4)], above=True)  # bases 1 and 5, as a bpseq file numbers them
+    assert arc[0] == pytest.approx([1, 0]) and arc[-1] == pytest.approx([5, 0], abs=1e-9)
+    assert arc[:, 1].max() == pytest.approx(2, abs=0.01)  # height: half the span

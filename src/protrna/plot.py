@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .structure import DEFAULT_THRESHOLD, BasePairs, decode_matrix
 
@@ -36,7 +37,7 @@ def _arcs(pairs: list[tuple[int, int]], above: bool, points: int = 40) -> list[n
     arcs = []
     for i, j in pairs:
         radius = (j - i) / 2
-        x = i + radius * (1 - np.cos(angle))
+        x = i + 1 + radius * (1 - np.cos(angle))  # positions drawn 1-based, as in bpseq and ct
         arcs.append(np.column_stack([x, sign * radius * np.sin(angle)]))
     return arcs
 
@@ -94,18 +95,20 @@ def plot_structure(
 
     # Pair map.
     if probabilities is not None:
+        # Cell (i, j) centred on (j + 1, i + 1): positions 1-based, as in bpseq and ct files.
         image = map_ax.imshow(np.asarray(probabilities, dtype=float), cmap="Greys", vmin=0, vmax=1,
-                              origin="upper", interpolation="nearest")
+                              origin="upper", interpolation="nearest",
+                              extent=(0.5, length + 0.5, length + 0.5, 0.5))
         figure.colorbar(image, ax=map_ax, shrink=0.8, label="pair probability")
     else:
-        map_ax.set_xlim(-0.5, length - 0.5)
-        map_ax.set_ylim(length - 0.5, -0.5)
+        map_ax.set_xlim(0.5, length + 0.5)
+        map_ax.set_ylim(length + 0.5, 0.5)
         map_ax.set_aspect("equal")
     marker = max(1.0, min(25.0, 4000 / max(length, 1) ** 1.3))
 
     def mark(pairs, lower: bool, colour: str, label: str, symbol: str):
         if pairs:
-            i, j = np.array(sorted(pairs)).T
+            i, j = np.array(sorted(pairs)).T + 1
             x, y = (i, j) if lower else (j, i)
             map_ax.scatter(x, y, s=marker, c=colour, marker=symbol, linewidths=0.8, label=label)
 
@@ -117,7 +120,9 @@ def plot_structure(
         mark(extra, False, _PRED_ONLY, f"predicted, not in reference ({len(extra)})", "o")
         mark(found, True, _BOTH, f"reference, found ({len(found)})", "s")
         mark(missed, True, _REF_ONLY, f"reference, missed ({len(missed)})", "s")
-    map_ax.plot([-0.5, length - 0.5], [-0.5, length - 0.5], color="0.7", linewidth=0.6)
+    map_ax.plot([0.5, length + 0.5], [0.5, length + 0.5], color="0.7", linewidth=0.6)
+    for axis in (map_ax.xaxis, map_ax.yaxis, arc_ax.xaxis):
+        axis.set_major_locator(MaxNLocator(integer=True))  # no position 1.5 on short RNAs
     if ref_pairs is None:
         map_ax.set_xlabel("j")
     else:
@@ -143,16 +148,16 @@ def plot_structure(
         draw(found, False, _BOTH, None)
         draw(missed, False, _REF_ONLY, "reference only")
     reach = max([j - i for i, j in predicted | known], default=2) / 2 * 1.05
-    arc_ax.set_xlim(-1, length)
+    arc_ax.set_xlim(0, length + 1)
     arc_ax.set_ylim(-reach if ref_pairs is not None else -0.05 * reach, reach)
     arc_ax.axhline(0, color="0.4", linewidth=0.8)
     arc_ax.set_yticks([])
     for side in ("left", "right", "top"):
         arc_ax.spines[side].set_visible(False)
     if sequence is not None and length <= 80:
-        arc_ax.set_xticks(range(length), list(sequence), fontsize=6, fontfamily="monospace")
+        arc_ax.set_xticks(range(1, length + 1), list(sequence), fontsize=6, fontfamily="monospace")
     else:
-        arc_ax.set_xlabel("position (0-based)")
+        arc_ax.set_xlabel("position")
     if ref_pairs is not None:
         arc_ax.text(0.01, 0.98, "predicted", transform=arc_ax.transAxes, va="top", fontsize=8)
         arc_ax.text(0.01, 0.02, "reference", transform=arc_ax.transAxes, va="bottom", fontsize=8)
