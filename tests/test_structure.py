@@ -242,7 +242,7 @@ def test_reference_folder_of_bpseq_and_ct(tmp_path):
     read = read_reference(tmp_path)
     assert [(r.id, r.sequence, r.pairs) for r in read] == [(r.id, r.sequence, r.pairs) for r in records]
     write_ct(records[0], tmp_path / "a.ct")
-    with pytest.raises(StructureError, match="id 'a' repeats"):
+    with pytest.raises(StructureError, match=r"1 RNAs have both a .bpseq and a .ct file \(e.g. 'a'\)"):
         read_reference(tmp_path)
 
 

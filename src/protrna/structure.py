@@ -510,6 +510,13 @@ def read_structure_dir(folder: str | Path) -> list[StructureRecord]:
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in readers)
     if not files:
         raise StructureError(f"{folder}: no .bpseq or .ct files")
+    stems = [p.stem for p in files]
+    twice = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if twice:  # e.g. the output folder of `protrna fold --format bpseq ct`
+        raise StructureError(
+            f"{folder}: {len(twice)} RNAs have both a .bpseq and a .ct file (e.g. {twice[0]!r}); "
+            "give a folder with one file per RNA, or the run's predictions.dbn"
+        )
     return [readers[p.suffix.lower()](p) for p in files]
 
 
