@@ -45,6 +45,8 @@ def test_empty_sequence_and_empty_batch_are_refused():
         convert(["ACGU", ""])
     with pytest.raises(ValueError, match="no sequences"):
         convert([])
+    with pytest.raises(TypeError, match=r"a list of sequences, e.g. \['ACGU'\]"):
+        convert("ACGU")  # not four one-letter sequences
 
 
 def test_long_sequence_is_never_cut_silently():

@@ -193,6 +193,28 @@ def test_convert_h5_writes_a_directory_that_loads(parity_dir, tmp_path):
         convert_h5(parity_dir / "lm_tiny.h5", out)
 
 
+def test_conversion_is_deterministic_and_leaves_no_random_contact_head(parity_dir, tmp_path):
+    first = convert_h5(parity_dir / "lm_tiny.h5", tmp_path / "one")
+    second = convert_h5(parity_dir / "lm_tiny.h5", tmp_path / "two")
+    assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
+    contact_head = load_pretrained_model(first).lm.esm.contact_head
+    assert all(not p.any() for p in contact_head.parameters())  # the original has none
+    with pytest.raises(FileNotFoundError, match="missing.h5 does not exist"):
+        convert_h5(tmp_path / "missing.h5", tmp_path / "three")
+
+
+@pytest.mark.filterwarnings("ignore:using .* without checking its md5")
+def test_a_damaged_or_wrong_file_in_the_cache_says_how_to_fix_it(parity_dir):
+    LM.download_path.parent.mkdir(parents=True)
+    LM.download_path.write_bytes((parity_dir / "lm_tiny.h5").read_bytes()[:5000])  # cut short
+    with pytest.raises(KerasFormatError, match=rf"cached ProtRNA_pretrained: delete {LM.download_path}"):
+        load_pretrained_model("ProtRNA_pretrained")
+    shutil.copy(parity_dir / "sshead_tiny.h5", LM.download_path)
+    with pytest.raises(KerasFormatError, match="holds a structure head, not ProtRNA_pretrained"):
+        load_pretrained_model("ProtRNA_pretrained")
+    assert not LM.converted_dir.exists()
+
+
 @pytest.mark.parametrize("make", ["missing", "text_file", "foreign_dir", "no_config", "other_h5"])
 def test_anything_else_is_refused_listing_the_accepted_forms(make, tmp_path):
     import h5py

@@ -147,6 +147,8 @@ class BatchConverter:
     def __call__(
         self, sequences: Iterable[str] | Iterable[tuple[str, str]], truncate: bool = False
     ) -> torch.Tensor:
+        if isinstance(sequences, str):  # would otherwise be a batch of one-letter sequences
+            raise TypeError(f"pass a list of sequences, e.g. [{sequences[:20]!r}], not one string")
         records = [
             (f"#{i}", item) if isinstance(item, str) else (str(item[0]), item[1])
             for i, item in enumerate(sequences)

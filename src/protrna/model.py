@@ -243,3 +243,12 @@ def config_from_directory(directory: str | Path) -> ProtRNAConfig:
     with open(Path(directory) / "config.json") as handle:
         raw = json.load(handle)
     return ProtRNAConfig.from_esm_config(EsmConfig(**{k: v for k, v in raw.items() if k != "model_type"}))
+
+
+def zero_contact_head(lm: nn.Module) -> None:
+    """Zero the contact regression that transformers' ESM always builds: the original has none,
+    and left at its random initial values it would make every conversion of the same file
+    different (and ``predict_contacts`` return random contacts)."""
+    with torch.no_grad():
+        for parameter in lm.esm.contact_head.parameters():
+            parameter.zero_()

@@ -130,8 +130,13 @@ def load_pretrained_as(source: str | os.PathLike, expected: type, what: str) -> 
 # ---- original h5 files ------------------------------------------------------------------
 
 
+_KIND_NAMES = {"lm": "language model", "ss_head": "structure head"}
+
+
 def h5_kind(path: str | Path) -> WeightsKind:
     """``"lm"`` or ``"ss_head"``, from the Keras ``layer_names`` of an original-layout h5."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} does not exist" if not Path(path).exists() else f"{path} is not a file")
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
@@ -253,6 +258,15 @@ def official_model_dir(name: str, *, progress: bool = True) -> Path:
             shutil.rmtree(stale, ignore_errors=True)
         h5_path = fetch_official(weights, progress=progress)
         logger.info("converting %s into %s", h5_path, final)
+        fix = f"delete {h5_path} and load again to download it afresh, or put the right file there"
+        try:
+            found = h5_kind(h5_path)
+        except KerasFormatError as error:  # e.g. truncated by a full disk, or a file put there by hand
+            raise KerasFormatError(f"{error}\nThis file is the cached {name}: {fix}") from None
+        if found != weights.kind:
+            raise KerasFormatError(
+                f"{h5_path} holds a {_KIND_NAMES[found]}, not {name} (a {_KIND_NAMES[weights.kind]}): {fix}"
+            )
         model = load_h5(h5_path, weights.kind)
         source = {"name": name, "source": str(h5_path), "url": weights.url, "kind": weights.kind}
         _save_atomically(model, final, source)

@@ -178,6 +178,17 @@ def test_record_is_fetched_once_then_read_from_the_cache(zenodo):
     assert zenodo_record_files(RECORD) == files
 
 
+def test_record_from_a_silent_network_gives_up_after_three_tries(monkeypatch):
+    # A listener that accepts connections and never answers: a firewall that drops packets.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        monkeypatch.setenv("PROTRNA_ZENODO_URL", f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.delenv("PROTRNA_OFFLINE")
+        with pytest.raises(DownloadError, match=r"after 3 attempts"):
+            zenodo_record_files(RECORD, timeout=0.2, backoff=0.0)
+
+
 def test_record_offline_without_cache_fails_at_once(monkeypatch):
     monkeypatch.setenv("PROTRNA_OFFLINE", "1")
     with pytest.raises(OfflineError, match=f"zenodo-{RECORD}.json"):

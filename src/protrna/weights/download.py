@@ -352,11 +352,15 @@ def zenodo_record_files(
     record: str,
     *,
     refresh: bool = False,
-    timeout: float = 60.0,
-    retries: int = 4,
+    timeout: float = 15.0,
+    retries: int = 2,
     backoff: float = 2.0,
 ) -> dict[str, RemoteFile]:
     """Files of Zenodo record ``record`` with their md5 and size, by name.
+
+    The record is a few KB, so it gets a short timeout and few retries: on a network that drops
+    packets silently (a firewalled compute node) loading fails, or falls back to a file put into
+    the cache by hand, within about a minute instead of the several minutes a download may wait.
 
     Read from ``<root>/downloads/zenodo-<record>.json`` when present (unless ``refresh``);
     otherwise fetched from the record API and saved there. Raises :class:`OfflineError` when the

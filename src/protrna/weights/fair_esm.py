@@ -25,7 +25,7 @@ import torch
 from transformers import EsmForMaskedLM
 
 from ..alphabet import ESM2_TOKENS
-from ..model import HEAD_DIM, ProtRNAConfig
+from ..model import HEAD_DIM, ProtRNAConfig, zero_contact_head
 
 # Per block: fair-esm name inside ``layers.{i}.`` -> transformers name inside ``esm.encoder.layer.{i}.``
 BLOCK_NAMES: dict[str, str] = {
@@ -162,7 +162,10 @@ def load_esm2(path: str | Path, trust: bool = False) -> EsmForMaskedLM:
     model = EsmForMaskedLM(config.to_esm_config())
     missing, unexpected = model.load_state_dict(state, strict=False)
     # The LM decoder is tied to the embedding; the contact regression ships in a separate file.
+    contact_head_missing = any(k.startswith("esm.contact_head.") for k in missing)
     missing = [k for k in missing if k != "lm_head.decoder.weight" and not k.startswith("esm.contact_head.")]
     if missing or unexpected:
         raise ValueError(f"{path}: missing weights {missing[:8]}, unexpected {unexpected[:8]}")
+    if contact_head_missing:
+        zero_contact_head(model)
     return model

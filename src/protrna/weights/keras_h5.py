@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 import torch
 
-from ..model import HEAD_DIM, ProtRNA, ProtRNAConfig
+from ..model import HEAD_DIM, ProtRNA, ProtRNAConfig, zero_contact_head
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
@@ -158,5 +158,7 @@ def load_lm_h5(path: str | Path, attention_heads: int | None = None) -> ProtRNA:
     missing = [k for k in missing if not k.endswith("inv_freq") and ".contact_head." not in k]
     if missing or unexpected:
         raise KerasFormatError(f"{path}: missing {missing}, unexpected {unexpected}")
+    zero_contact_head(model.lm)
     model.lm.eval()
     return model
+
