@@ -88,9 +88,15 @@ def test_matching_resolution_keeps_at_least_the_greedy_weight(tiny_model, tiny_h
 def test_long_rna_uses_windows_for_the_lm_and_the_full_length_for_the_head(tiny_model, tiny_head):
     rng = np.random.default_rng(0)
     sequence = "".join(rng.choice(list("ACGU"), 600))
-    (result,) = StructurePredictor(tiny_model, tiny_head).predict([("long", sequence)])
+    predictor = StructurePredictor(tiny_model, tiny_head)
+    (result,) = predictor.predict([("long", sequence)])
     assert result.probabilities.shape == (600, 600)
     np.testing.assert_allclose(result.probabilities, result.probabilities.T, atol=1e-6)
+    # Bare sequences are named by position; one bare string is not a batch of letters.
+    (bare,) = predictor.predict([sequence])
+    assert bare.id == "#0" and np.array_equal(bare.probabilities, result.probabilities)
+    with pytest.raises(TypeError, match="not one string"):
+        list(predictor.predict(sequence))
 
 
 @pytest.mark.parametrize("device", DEVICES)

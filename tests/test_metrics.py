@@ -29,6 +29,17 @@ def test_pair_lists_score_like_the_matrices_they_make(cases):
         np.testing.assert_allclose([as_pairs[name] for name in METRICS], expected, rtol=0, atol=1e-9)
 
 
+def test_torch_matrices_and_pair_arrays_score_like_numpy(cases):
+    import torch
+
+    pred, target, expected = cases[0]
+    from_torch = score(torch.from_numpy(pred) > 0, torch.from_numpy(target).float())
+    np.testing.assert_allclose([from_torch[name] for name in METRICS], expected, rtol=0, atol=1e-9)
+    pairs = np.array(BasePairs.from_matrix(target).to_list())  # (n, 2), not a matrix
+    assert pairs.shape[0] != 2
+    assert score(pairs, target) == score(BasePairs.from_matrix(target), target)
+
+
 def test_small_case_worked_by_hand():
     # L = 8: 28 lower-triangle cells. Reference (1,8) (2,7); prediction (1,8) (3,7).
     # tp = 1, fp = 1, fn = 1, tn = 25. (3,7) is one step from (2,7): the shifted F1 is perfect.
@@ -71,6 +82,8 @@ def test_refuses_probabilities_and_mismatched_lengths():
         score(BasePairs(5), BasePairs(4))
     with pytest.raises(ValueError, match="give the sequence length"):
         score([(0, 3)], [(0, 3)])
+    with pytest.raises(ValueError, match="pred is for 5 nt, but length=6"):
+        score(BasePairs(5), BasePairs(5), length=6)
 
 
 def test_mean_scores_is_the_plain_mean():

@@ -193,6 +193,26 @@ def test_convert_h5_writes_a_directory_that_loads(parity_dir, tmp_path):
         convert_h5(parity_dir / "lm_tiny.h5", out)
 
 
+def test_original_keyword_dtype_names_and_file_name_hint(parity_dir, tmp_path):
+    model = load_pretrained_model(name=str(parity_dir / "lm_tiny.h5"), dtype="bf16")  # the original's name=
+    assert model.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype 'bf17'"):
+        load_pretrained_model(parity_dir / "lm_tiny.h5", dtype="bf17")
+    with pytest.raises(TypeError, match="once"):
+        load_pretrained_model("ProtRNA_pretrained", name="ProtRNA_pretrained")
+    with pytest.raises(FileNotFoundError, match="official weights load by name: 'ProtRNA_pretrained'"):
+        load_pretrained_model(tmp_path / "ProtRNA_pretrained.h5")
+
+
+def test_a_head_directory_is_not_a_language_model(tmp_path):
+    from protrna.heads.ss import RotaFormer, RotaFormerConfig
+    from protrna.model import ProtRNA
+
+    RotaFormer(RotaFormerConfig(input_dim=8, num_blocks=1)).save_pretrained(tmp_path / "head")
+    with pytest.raises(ValueError, match="not a ProtRNA language model"):
+        ProtRNA.from_pretrained(tmp_path / "head")
+
+
 def test_conversion_is_deterministic_and_leaves_no_random_contact_head(parity_dir, tmp_path):
     first = convert_h5(parity_dir / "lm_tiny.h5", tmp_path / "one")
     second = convert_h5(parity_dir / "lm_tiny.h5", tmp_path / "two")

@@ -92,9 +92,14 @@ class StructurePredictor:
         # Pairs (B x L x L) the head takes per batch: batching pays off on GPUs, not on CPUs.
         self.max_pairs = max_pairs or (2**22 if device.type == "cuda" else 2**16)
 
-    def predict(self, records: Iterable[tuple[str, str]], first_index: int = 0) -> Iterator[PairProbabilities]:
-        """Yield pair probabilities for each ``(id, sequence)``, in completion order."""
-        records = list(records)
+    def predict(
+        self, records: Iterable[tuple[str, str] | str], first_index: int = 0
+    ) -> Iterator[PairProbabilities]:
+        """Yield pair probabilities for each ``(id, sequence)`` (or bare sequence, named ``#i``),
+        in completion order, which is not the input order: each result carries its ``index``."""
+        if isinstance(records, str):
+            raise TypeError(f"pass a list of sequences, e.g. [{records[:20]!r}], not one string")
+        records = [(f"#{first_index + i}", r) if isinstance(r, str) else tuple(r) for i, r in enumerate(records)]
         for start in range(0, len(records), CHUNK_RECORDS):
             chunk = records[start : start + CHUNK_RECORDS]
             encoded = list(self.encoder.encode(chunk, first_index=first_index + start))

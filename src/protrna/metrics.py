@@ -51,7 +51,11 @@ def _as_matrix(structure: Structure, length: int | None, name: str) -> np.ndarra
     """A bool ``(L, L)`` matrix; matrices are taken as given (the original does not symmetrize)."""
     if isinstance(structure, BasePairs):
         return structure.to_matrix(dtype=bool)
-    if isinstance(structure, np.ndarray):
+    if isinstance(structure, np.ndarray) and not _is_matrix(structure) and structure.ndim == 2 and (
+        structure.shape[1] == 2
+    ):
+        structure = structure.tolist()  # an (n, 2) array of pairs, as BasePairs.to_list gives
+    elif isinstance(structure, np.ndarray):
         if not _is_matrix(structure):
             raise ValueError(f"{name} must be a square (L, L) matrix, got shape {structure.shape}")
         if structure.dtype != bool and not np.isin(structure, (0, 1)).all():
@@ -138,6 +142,11 @@ def score(pred: Structure, target: Structure, *, length: int | None = None) -> d
     >>> score([(0, 4)], [(0, 4), (1, 3)], length=5)["recall"]
     0.5
     """
+    # A torch tensor, e.g. sigmoid(logits) > 0.25 straight from the head, is scored as its array.
+    pred, target = (x.detach().cpu().numpy() if hasattr(x, "detach") else x for x in (pred, target))
+    for name, structure in (("pred", pred), ("target", target)):
+        if length is not None and _length_of(structure) not in (None, length):
+            raise ValueError(f"{name} is for {_length_of(structure)} nt, but length={length}")
     length = length if length is not None else (_length_of(pred) or _length_of(target))
     pred_matrix = _as_matrix(pred, length, "pred")
     target_matrix = _as_matrix(target, length, "target")

@@ -226,6 +226,11 @@ class ProtRNA(nn.Module):
     def from_pretrained(cls, directory: str | Path, **kwargs) -> "ProtRNA":
         """Load a directory written by :meth:`save_pretrained` (or any ESM-2 style HF directory
         with the 38-token vocabulary). ``kwargs`` go to ``EsmForMaskedLM.from_pretrained``."""
+        config_path = Path(directory) / "config.json"
+        if config_path.is_file():  # transformers' own error for another model is a size mismatch
+            model_type = json.loads(config_path.read_text()).get("model_type")
+            if model_type != "esm":
+                raise ValueError(f"{config_path}: model_type {model_type!r}, not 'esm': not a ProtRNA language model")
         kwargs.setdefault("attn_implementation", "sdpa")
         lm = EsmForMaskedLM.from_pretrained(str(directory), **kwargs)
         return cls(lm=lm)

@@ -66,8 +66,9 @@ ACCEPTED_FORMS = (
 
 
 def load_pretrained_model(
-    name_or_path: str | os.PathLike,
+    name_or_path: str | os.PathLike | None = None,
     *,
+    name: str | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | str | None = None,
     attention_heads: int | None = None,
@@ -86,8 +87,10 @@ def load_pretrained_model(
             * a Keras ``.h5`` of the original layout; language model and head are told apart by
               the file's ``layer_names``.
             * a directory written by ``save_pretrained`` (``ProtRNA`` or ``RotaFormer``).
+        name: the original's keyword (``load_pretrained_model(name="ProtRNA_pretrained")``), the
+            same as ``name_or_path``.
         device, dtype: where and in which precision to put the model (``dtype`` may be a name
-            such as ``"bfloat16"``).
+            such as ``"bfloat16"`` or ``"bf16"``).
         attention_heads: heads per block of a language-model h5 (the file does not store them;
             the default is width / 64). For directories and official names, only checked.
         progress: progress bar on stderr while downloading.
@@ -95,6 +98,10 @@ def load_pretrained_model(
     >>> lm = load_pretrained_model("ProtRNA_pretrained")  # doctest: +SKIP
     >>> head = load_pretrained_model("ssHead_RF_bprna", device="cuda")  # doctest: +SKIP
     """
+    if (name_or_path is None) == (name is None):
+        raise TypeError("give the model as name_or_path or as name=, once")
+    name_or_path = name if name_or_path is None else name_or_path
+    torch_dtype = _torch_dtype(dtype)
     if isinstance(name_or_path, str) and name_or_path in OFFICIAL_WEIGHTS:
         model = _load_directory(
             official_model_dir(name_or_path, progress=progress), attention_heads
@@ -106,14 +113,31 @@ def load_pretrained_model(
         elif path.is_file():
             model = load_h5(path, attention_heads=attention_heads)
         else:
+            hint = ""
+            if path.stem in OFFICIAL_WEIGHTS:  # the original's file name, e.g. ProtRNA_pretrained.h5
+                hint = f" (official weights load by name: {path.stem!r})"
             raise FileNotFoundError(
                 f"{str(name_or_path)!r} is neither an official name nor an existing file or "
-                f"directory. Expected {ACCEPTED_FORMS}."
+                f"directory{hint}. Expected {ACCEPTED_FORMS}."
             )
     model.eval()
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if device is not None or torch_dtype is not None:
+        model.to(device=device, dtype=torch_dtype)
     return model
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
+
+
+def _torch_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    named = _DTYPES.get(dtype, getattr(torch, dtype, None))  # "float64" too, for checks
+    if not isinstance(named, torch.dtype):
+        raise ValueError(f"dtype {dtype!r}: use float32, bfloat16 or float16 (or a torch.dtype)")
+    return named
 
 
 def load_pretrained_as(source: str | os.PathLike, expected: type, what: str) -> nn.Module:

@@ -187,6 +187,13 @@ def test_rejects_malformed_inputs():
         head(torch.randn(2, 7, 12), lengths=torch.tensor([5, 6]))
     with pytest.raises(ValueError, match="2 entries for a batch of 3"):
         head(torch.randn(3, 7, 12), lengths=torch.tensor([5, 4]))
+    with pytest.raises(ValueError, match="whole numbers"):  # not silently rounded down to 4
+        head(torch.randn(2, 7, 12), lengths=[4.5, 5.0])
+    with pytest.raises(ValueError, match="whole numbers"):
+        head(torch.randn(2, 7, 12), lengths=[[4], [5]])
+    with pytest.raises(ValueError, match="chunk_size must be at least 1"):
+        head(torch.randn(1, 7, 12), chunk_size=0)
+    assert head(torch.randn(2, 7, 12), lengths=[4.0, 5.0]).shape == (2, 5, 5)  # whole floats are fine
 
 
 def test_training_backward_with_and_without_checkpointing(attention_path):

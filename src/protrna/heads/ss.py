@@ -804,6 +804,8 @@ class RotaFormer(SavedHead):
         L = T - 2
         if L < 1:
             raise ValueError(f"representations have {T} tokens: nothing between BOS and EOS")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be at least 1 (or None: automatic), not {chunk_size}")
         mask = self._mask(lengths, B, L, representations.device)
         on_cpu = representations.device.type == "cpu"
         threads = 1
@@ -831,7 +833,10 @@ class RotaFormer(SavedHead):
         """(B, L) bool of real nucleotides, or None when no row is padded (the fast path)."""
         if lengths is None:
             return None
-        lengths = torch.as_tensor(lengths, device=device).long().reshape(-1)
+        lengths = torch.as_tensor(lengths, device=device)
+        if lengths.dim() > 1 or lengths.is_floating_point() and bool((lengths != lengths.round()).any()):
+            raise ValueError(f"lengths must be B whole numbers, got {lengths.tolist()}")
+        lengths = lengths.long().reshape(-1)
         if lengths.numel() != B:
             raise ValueError(f"lengths has {lengths.numel()} entries for a batch of {B}")
         if bool((lengths < 1).any()) or bool((lengths > L).any()):
