@@ -140,8 +140,37 @@ def test_different_settings_do_not_touch_the_existing_file(tiny_model, tmp_path)
     other = write_fasta(tmp_path / "other.fa", RECORDS[:2])
     with pytest.raises(FileExistsError, match="input records"):
         embed_fasta(other, out, tiny_model, progress=False)
+    changed = write_fasta(tmp_path / "changed.fa", [(RECORDS[0][0], "C" + RECORDS[0][1][1:])] + RECORDS[1:])
+    assert changed.read_text() != fasta.read_text()
+    with pytest.raises(FileExistsError, match="input records"):  # one nucleotide differs: not stale rows
+        embed_fasta(changed, out, tiny_model, progress=False)
     embed_fasta(fasta, out, tiny_model, progress=False)  # same settings: complete, nothing to do
+    embed_fasta(fasta, out, tiny_model, include=("mean",), progress=False)
     assert out.read_bytes() == before
+
+
+def test_foreign_files_bad_overlap_and_the_callers_model(tiny_model, tmp_path):
+    import h5py
+
+    fasta = write_fasta(tmp_path / "in.fa", RECORDS)
+    precious = tmp_path / "precious.h5"
+    with h5py.File(precious, "w") as h5:
+        h5["x"] = np.arange(10)
+    before = precious.read_bytes()
+    for target in (precious, fasta):  # someone's HDF5 file, or the input given as output
+        with pytest.raises(FileExistsError, match="not an HDF5 file from protrna embed|not a protrna embedding"):
+            embed_fasta(fasta, target, tiny_model, progress=False)
+    assert precious.read_bytes() == before
+    with pytest.raises(ValueError, match="overlap must be in"):
+        embed_fasta(fasta, tmp_path / "o.h5", tiny_model, window_overlap=510, progress=False)
+    assert not list(tmp_path.glob("o.h5*"))  # nothing that would refuse the corrected rerun
+    # The caller's model comes back unchanged also when nothing is left to do.
+    keys = set(tiny_model.state_dict())
+    out = embed_fasta(fasta, tmp_path / "out.h5", tiny_model, include=["per_tok", "mean"], progress=False)
+    embed_fasta(fasta, out, tiny_model, include="mean per_tok".split(), progress=False)
+    assert set(tiny_model.state_dict()) == keys
+    with h5py.File(out) as h5:
+        assert h5.attrs["include"] == "mean,per_tok"
 
 
 KILL_SCRIPT = """

@@ -2,14 +2,15 @@
 
 Output layout (one file; N records in input order, skipped records left out)::
 
-    /ids                (N,)    utf-8 record ids
+    /ids                (N,)    utf-8 record ids (h5py gives bytes: ``h5["ids"].asstr()[:]``)
     /lengths            (N,)    nucleotides per record
     /offsets            (N+1,)  record i owns rows offsets[i]:offsets[i+1] of /per_tok/<layer>
-    /mean/<layer>       (N, D)  mean over nucleotides (BOS/EOS excluded, as ESM's extract)
+    /mean/<layer>       (N, D)  float32, whatever the compute dtype; mean over nucleotides (BOS/EOS excluded, as ESM's extract)
     /per_tok/<layer>    (sum of lengths, D)  one row per nucleotide, records concatenated
     /bos/<layer>        (N, D)  the BOS (<cls>) vector
     /done               (N,)    1 once a record's rows are written (resume bookkeeping)
-    attributes: model, dtype, layers, include, window, overlap, protrna_version, complete
+    attributes: model, dtype (of the computation), layers, include, window, overlap,
+                input_sha256 (of the ids and sequences), protrna_version, complete
 
 The run writes ``OUT.partial`` and renames it to ``OUT`` when every record is in, so a file at
 the output path is always complete. All datasets are allocated in full before the first batch and
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -35,7 +37,7 @@ from . import __version__
 from .cpu import pack_for_cpu_inference
 from .data.fasta import FastaRecord, input_path
 from .data.records import InvalidRecordError, checked_records, valid_records
-from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
+from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder, plan_windows
 from .model import ProtRNA
 
 log = logging.getLogger(__name__)
@@ -53,30 +55,31 @@ class RecordIndex:
     ids: list[str]
     lengths: list[int]
     skipped: int
+    unique_ids: bool = False  # repeated ids were numbered (see protrna.data.records)
 
     @property
     def offsets(self) -> np.ndarray:
         return np.concatenate([[0], np.cumsum(self.lengths, dtype=np.int64)])
 
 
-def scan_records(path: str | Path, skip_invalid: bool = False) -> RecordIndex:
+def scan_records(path: str | Path, skip_invalid: bool = False, unique_ids: bool = False) -> RecordIndex:
     """Validate every record of ``path`` (see :mod:`protrna.data.records`), keeping only ids and
     lengths, so any file size works."""
     ids: list[str] = []
     lengths: list[int] = []
     skipped: list[str] = []
-    for record in valid_records(path, skip_invalid, skipped):
+    for record in valid_records(path, skip_invalid, skipped, unique_ids):
         ids.append(record.id)
         lengths.append(len(record.sequence))
     if not ids:
         raise InvalidRecordError(f"{path}: no records to embed")
-    return RecordIndex(ids, lengths, len(skipped))
+    return RecordIndex(ids, lengths, len(skipped), unique_ids)
 
 
 def _records_of(path: Path, index: RecordIndex) -> Iterator[FastaRecord]:
     """The records of ``path`` that :func:`scan_records` kept, in order (skipping quietly)."""
     position = 0
-    for record, problem in checked_records(path):
+    for record, problem in checked_records(path, index.unique_ids):
         if problem:
             continue
         if position >= len(index.ids) or record.id != index.ids[position]:
@@ -96,7 +99,8 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     resolved = set()
     for layer in layers:
         if not -(num_layers + 1) <= layer <= num_layers:
-            raise ValueError(f"layer {layer} does not exist; the model has layers 0..{num_layers}")
+            raise ValueError(f"layer {layer} does not exist; the model has layers 0..{num_layers} "
+                             f"(or -{num_layers + 1}..-1 from the end)")
         resolved.add(layer % (num_layers + 1))
     return sorted(resolved)
 
@@ -111,7 +115,7 @@ class EmbeddingStore:
     def open(cls, path: Path, index: RecordIndex, layers: list[int], include: list[str], dim: int,
              settings: dict) -> "EmbeddingStore":
         if path.exists():
-            store = cls(h5py.File(path, "r+"))
+            store = cls(_open_h5(path, "r+"))
             store._check_matches(path, index, layers, include, settings)
             return store
         h5 = h5py.File(path, "w")
@@ -135,23 +139,34 @@ class EmbeddingStore:
     def _check_matches(self, path: Path, index: RecordIndex, layers: list[int], include: list[str],
                        settings: dict) -> None:
         h5 = self.h5
-        found = {key: h5.attrs.get(key) for key in settings}
+        try:
+            _require_ours(h5, path)
+        except FileExistsError:
+            h5.close()
+            raise
+        found = {key: _plain(h5.attrs.get(key)) for key in settings}
         found["layers"] = list(h5.attrs.get("layers", []))
         found["include"] = h5.attrs.get("include")
         wanted = dict(settings, layers=layers, include=",".join(include))
-        differing = [k for k in wanted if _plain(found[k]) != _plain(wanted[k])]
+        # Another protrna version computes the same numbers: its files resume.
+        differing = [k for k in wanted if k != "protrna_version" and _plain(found[k]) != _plain(wanted[k])]
         same_records = (
             "ids" in h5 and h5["ids"].shape[0] == len(index.ids)
             and [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]] == index.ids
             and np.array_equal(h5["lengths"][:], index.lengths)
         )
         if differing or not same_records:
-            what = ", ".join(f"{k} (file: {found[k]!r}, now: {wanted[k]!r})" for k in differing)
-            what = what or "the input records"
+            what = ", ".join(f"{k} (file: {_plain(found[k])!r}, now: {wanted[k]!r})" for k in differing
+                             if k != "input_sha256")
+            if "input_sha256" in differing or not same_records:
+                what = ", ".join(filter(None, [what, "the input records (their ids or sequences)"]))
+            finished = bool(h5.attrs.get("complete"))
             h5.close()
             raise FileExistsError(
-                f"{path} was started with different settings: {what}. Remove it or choose another "
-                "output to start over; rerun with the original settings to resume."
+                f"{path} was {'made' if finished else 'started'} with different settings: {what}. "
+                + ("Remove it or choose another output." if finished else
+                   "Remove it or choose another output to start over; rerun with the original "
+                   "settings to resume.")
             )
 
     def pending(self) -> np.ndarray:
@@ -177,6 +192,23 @@ class EmbeddingStore:
     def close(self, complete: bool) -> None:
         self.h5.attrs["complete"] = complete
         self.h5.close()
+
+
+def _open_h5(path: Path, mode: str) -> h5py.File:
+    """``h5py.File``, with errors that say what is wrong with ``path``."""
+    try:
+        return h5py.File(path, mode)
+    except OSError as error:
+        if "lock" in str(error).lower():
+            raise FileExistsError(f"{path} is open in another process (another embed run writing it?)") from None
+        raise FileExistsError(f"{path} exists and is not an HDF5 file from protrna embed ({error}); remove it "
+                              "or choose another output") from None
+
+
+def _require_ours(h5: h5py.File, path: Path) -> None:
+    if "ids" not in h5 or "done" not in h5 or "complete" not in h5.attrs:
+        raise FileExistsError(f"{path} is not a protrna embedding file (or is damaged); remove it or "
+                              "choose another output")
 
 
 def _plain(value):
@@ -207,6 +239,7 @@ def embed_fasta(
     max_tokens: int | None = None,
     window_overlap: int = DEFAULT_OVERLAP,
     skip_invalid: bool = False,
+    unique_ids: bool = False,
     progress: bool = True,
 ) -> Path:
     """Embed every record of ``fasta`` into the HDF5 file ``output`` and return its path.
@@ -215,15 +248,25 @@ def embed_fasta(
     Rerunning with the same arguments resumes an interrupted run; a finished file is left alone.
     """
     fasta, output = Path(fasta), Path(output)
-    include = list(dict.fromkeys(include))
+    include = [include] if isinstance(include, str) else list(include)
     unknown = [k for k in include if k not in INCLUDE_CHOICES]
     if unknown or not include:
         raise ValueError(f"--include takes {', '.join(INCLUDE_CHOICES)}; got {include}")
+    include = [k for k in INCLUDE_CHOICES if k in include]  # one order, so that reruns compare equal
+    plan_windows(MAX_RESIDUES + 1, MAX_RESIDUES, window_overlap)  # checks the overlap, before any work
     if not fasta.is_file():
         raise FileNotFoundError(f"input {fasta} does not exist")
+    for existing in (output, output.with_name(output.name + ".partial")):
+        if existing.exists():  # refuse to write over a foreign file before the model is loaded
+            with _open_h5(existing, "r") as h5:
+                _require_ours(h5, existing)
     output.parent.mkdir(parents=True, exist_ok=True)
 
-    index = scan_records(fasta, skip_invalid)
+    index = scan_records(fasta, skip_invalid, unique_ids)
+    # Ids and lengths alone would miss a changed nucleotide: a rerun must not reuse stale rows.
+    digest = hashlib.sha256()
+    for record in _records_of(fasta, index):
+        digest.update(f"{record.id}\n{record.sequence}\n".encode())
     owned = isinstance(model, (str, Path))
     model = prepare_model(model, dtype, device)
     layers = resolve_layers(layers, model.num_layers)
@@ -237,10 +280,22 @@ def embed_fasta(
         "dtype": str(model.dtype).removeprefix("torch."),
         "window": MAX_RESIDUES,
         "overlap": window_overlap,
+        "input_sha256": digest.hexdigest(),
         "protrna_version": __version__,
     }
+    try:  # whatever happens, a caller's model gets its own layers back
+        return _embed_into(output, fasta, index, model, layers, include, settings, max_tokens,
+                           window_overlap, progress)
+    finally:
+        if unpack:
+            unpack()
+
+
+def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, layers: list[int],
+                include: list[str], settings: dict, max_tokens: int, window_overlap: int, progress: bool) -> Path:
+    """The body of :func:`embed_fasta` once the model is ready."""
     if output.exists():
-        with h5py.File(output, "r") as done_file:
+        with _open_h5(output, "r") as done_file:
             if done_file.attrs.get("complete"):
                 EmbeddingStore(done_file)._check_matches(output, index, layers, include, settings)
                 log.info("%s is complete already; nothing to do", output)
@@ -272,8 +327,6 @@ def embed_fasta(
         complete = bool(store.h5["done"][:].all())
     finally:
         store.close(complete)
-        if unpack:
-            unpack()
     if complete:
         os.replace(partial, output)
         log.info("wrote %s (%d records%s)", output, len(index.ids),
@@ -378,6 +431,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="overlap of the 510-nt windows covering longer RNAs (default: %(default)s)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out (and log) empty, duplicate or non-RNA records instead of stopping")
+    parser.add_argument("--unique-ids", action="store_true",
+                        help="number repeated ids (x, x-2, x-3 ...) instead of refusing them, e.g. for nRC files "
+                        "whose ids are class names")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
@@ -387,7 +443,8 @@ def _run(args: argparse.Namespace) -> int:
         path = embed_fasta(
             fasta, args.output, args.model, layers=args.layers, include=args.include,
             dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
-            window_overlap=args.window_overlap, skip_invalid=args.skip_invalid, progress=not args.quiet,
+            window_overlap=args.window_overlap, skip_invalid=args.skip_invalid, unique_ids=args.unique_ids,
+            progress=not args.quiet,
         )
     print(path)
     return 0

@@ -219,6 +219,7 @@ def fold_fasta(
     max_tokens: int | None = None,
     window_overlap: int = DEFAULT_OVERLAP,
     skip_invalid: bool = False,
+    unique_ids: bool = False,
     progress: bool = True,
     predictor: StructurePredictor | None = None,
 ) -> Path:
@@ -245,7 +246,7 @@ def fold_fasta(
         raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
     if not fasta.is_file():
         raise FileNotFoundError(f"input {fasta} does not exist")
-    valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid)]
+    valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid, unique_ids=unique_ids)]
     if not valid:
         raise InvalidRecordError(f"{fasta}: no records to fold")
     sequences = dict(valid)
@@ -381,6 +382,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="overlap of the 510-nt language-model windows covering longer RNAs; the head "
                         "always sees the whole RNA (default: %(default)s)")
     parser.add_argument("--skip-invalid", action="store_true", help="leave out (and log) bad records")
+    parser.add_argument("--unique-ids", action="store_true",
+                        help="number repeated ids (x, x-2, x-3 ...) instead of refusing them")
     parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
@@ -392,6 +395,7 @@ def _run(args: argparse.Namespace) -> int:
             probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
             min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device,
             max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.skip_invalid,
+            unique_ids=args.unique_ids,
             progress=not args.quiet,
         )
     print(path)
