@@ -146,6 +146,12 @@ def test_predict_command_reproduces_the_final_evaluation(finished_run, nrc, tmp_
         assert probabilities == pytest.approx(expected, abs=2e-5)
     test_metrics = json.loads((finished_run / "metrics.json").read_text())["test"]
     assert json.loads(summary.read_text())["metrics"]["accuracy"] == test_metrics["accuracy"]
+    # The input is never overwritten by the predictions.
+    copy = tmp_path / "input.fasta"
+    shutil.copy(nrc["test"], copy)
+    assert cli.main(["finetune", "--predict", str(finished_run / "final"), "--input", str(copy),
+                     "--output", str(copy), "--quiet"]) == 2
+    assert copy.read_bytes() == nrc["test"].read_bytes() and "is the input file" in capsys.readouterr().err
     # And from Python.
     model = load_finetuned(finished_run / "final")
     predictions = model.predict([r.sequence for r in read_fasta(nrc["test"])][:5])
@@ -321,6 +327,13 @@ def test_bad_inputs_are_named(lm_dir, nrc, tmp_path, capsys):
     assert str(table) in err and "no column 'label'" in err and "value" in err
     err = error_of("--label-column", "value", task="regression", train=table)
     assert str(table) in err and "line 3" in err and "'oops' is not a number" in err
+
+    err = error_of("--label-regex", "(")
+    assert "--label-regex '(' is not a regular expression" in err
+    for flag, value in (("--batch-size", "0"), ("--hidden-dim", "-3"), ("--lora-alpha", "0")):
+        with pytest.raises(SystemExit):  # argparse: usage and "argument --flag: must be ..." on stderr
+            error_of(flag, value)
+        assert f"argument {flag}: must be" in capsys.readouterr().err
 
     tokens = tmp_path / "tokens.tsv"
     tokens.write_text("sequence\tlabel\nGGGAAACCC\tppp...ppp\nGGGAAACCC\tppp..ppp\n")

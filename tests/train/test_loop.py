@@ -95,3 +95,33 @@ def test_config_is_checked(tmp_path):
     with pytest.raises(ValueError, match="grad_accum"):
         TrainConfig(tmp_path, grad_accum=0)
     assert TrainConfig(tmp_path, lr=1e-3).min_lr == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match=r"--min-lr must lie in \[0, --lr = 0.0001\], got 1"):
+        TrainConfig(tmp_path, lr=1e-4, min_lr=1.0)  # the cosine would climb to 1
+    for bad in (dict(lr=-1.0), dict(weight_decay=-1.0), dict(clip_grad=-1.0), dict(betas=(0.9, 1.0))):
+        with pytest.raises(ValueError, match="--"):
+            TrainConfig(tmp_path, **bad)
+
+
+def test_a_refused_resume_leaves_run_json_as_it_was(tmp_path):
+    batch = mlm_batch(["acguacgu"])
+    config = TrainConfig(tmp_path, max_steps=1, warmup_steps=0)
+    train(config, make_accelerator(config), transfer_model(), forever(batch), mlm_loss, run_info={"data": "a.fa"})
+    before = (tmp_path / "run.json").read_text()
+    resumed = TrainConfig(tmp_path, max_steps=2, warmup_steps=0, resume=True)
+    with pytest.raises(ValueError, match="resume with the same model"):  # another model
+        train(resumed, make_accelerator(resumed), transfer_model(layers=2), forever(batch), mlm_loss,
+              run_info={"data": "b.fa"})
+    assert (tmp_path / "run.json").read_text() == before
+
+
+def test_resuming_with_other_shapes_is_refused_clearly(tmp_path):
+    def loss(model, batch):
+        return model(batch["x"]).pow(2).mean()
+
+    batch = {"x": torch.ones(2, 4), "n_items": 2, "n_tokens": 2}
+    config = TrainConfig(tmp_path, max_steps=1, warmup_steps=0)
+    train(config, make_accelerator(config), torch.nn.Sequential(torch.nn.Linear(4, 3)), forever(batch), loss)
+    resumed = TrainConfig(tmp_path, max_steps=2, warmup_steps=0, resume=True)
+    wider = torch.nn.Sequential(torch.nn.Linear(4, 5))  # same names, e.g. another --hidden-dim
+    with pytest.raises(ValueError, match=r"weights of other shapes.*size mismatch.*resume with the same model options"):
+        train(resumed, make_accelerator(resumed), wider, forever(batch), loss)

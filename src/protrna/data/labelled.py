@@ -183,7 +183,10 @@ def _fasta_rows(path: Path, task: str, input_format: InputFormat, labels_require
             f"{path}: per-nucleotide labels cannot come from a FASTA header; give a CSV/TSV file "
             "with a sequence column and a label column"
         )
-    pattern = re.compile(input_format.label_regex) if input_format.label_regex else None
+    try:
+        pattern = re.compile(input_format.label_regex) if input_format.label_regex else None
+    except re.error as error:
+        raise ValueError(f"--label-regex {input_format.label_regex!r} is not a regular expression: {error}") from None
     for record in read_fasta(path):
         source = f"{path}, record {record.id!r} (line {record.line})"
         header = f"{record.id} {record.description}".strip()

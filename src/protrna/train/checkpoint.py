@@ -211,9 +211,16 @@ def load_checkpoint(
                 f"does not train, or misses {sorted(expected - saved)[:5]}...: resume with the same "
                 "model and freezing options"
             )
-        set_model_state_dict(
-            model, trainer["model"], options=StateDictOptions(full_state_dict=True, strict=False)
-        )
+        try:
+            set_model_state_dict(
+                model, trainer["model"], options=StateDictOptions(full_state_dict=True, strict=False)
+            )
+        except RuntimeError as error:  # same names, other shapes: e.g. another --hidden-dim
+            first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+            raise ValueError(
+                f"{path} holds weights of other shapes than this run's model ({first}): resume with the "
+                "same model options"
+            ) from None
         set_optimizer_state_dict(
             model,
             _torch_optimizer(optimizer),

@@ -73,7 +73,7 @@ from .features import (
     check_resume_fingerprint,
     lm_fingerprint,
 )
-from .loop import TrainConfig, add_training_arguments, make_accelerator, to_device, train
+from .loop import TrainConfig, add_training_arguments, at_least, make_accelerator, positive, to_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -508,6 +508,9 @@ def predict_file(args: argparse.Namespace) -> dict:
     metrics when the input has usable labels."""
     if args.input is None:
         raise ValueError("--predict needs --input FILE (FASTA, CSV or TSV)")
+    for written in (args.output, args.summary):
+        if written is not None and Path(written).exists() and Path(written).resolve() == Path(args.input).resolve():
+            raise ValueError(f"{written} is the input file; choose another output")
     model = load_finetuned(args.predict, args.model, device=args.device, max_tokens=args.lm_max_tokens)
     config = model.config
     input_format = _input_format(args, model.info.get("input_format"))
@@ -553,7 +556,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--train", type=Path, metavar="FILE", help="labelled training RNAs: FASTA, CSV or TSV")
     parser.add_argument("--valid", type=Path, metavar="FILE", help="labelled RNAs scored during and after training")
     parser.add_argument("--test", type=Path, metavar="FILE", help="labelled RNAs scored once, after training")
-    parser.add_argument("--max-length", type=int, default=None, metavar="NT",
+    parser.add_argument("--max-length", type=at_least(1), default=None, metavar="NT",
                         help="skip training RNAs longer than this (valid/test are never filtered)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out (and log) records with letters that are no nucleotide code")
@@ -571,19 +574,19 @@ def add_parser(subparsers) -> None:
     head = parser.add_argument_group("head")
     head.add_argument("--pooling", choices=POOLINGS, default="mean",
                       help="sequence tasks: mean over nucleotides or the BOS vector (default %(default)s)")
-    head.add_argument("--hidden-dim", type=int, default=256, help="hidden width, 0 = linear head (default %(default)s)")
-    head.add_argument("--dropout", type=float, default=0.1, help="default %(default)s")
+    head.add_argument("--hidden-dim", type=at_least(0), default=256, help="hidden width, 0 = linear head (default %(default)s)")
+    head.add_argument("--dropout", type=at_least(0.0, float), default=0.1, help="default %(default)s")
     lm = parser.add_argument_group("language model (default: frozen, features cached)")
     which = lm.add_mutually_exclusive_group()
-    which.add_argument("--trainable-layers", type=int, default=0, metavar="K",
+    which.add_argument("--trainable-layers", type=at_least(0), default=0, metavar="K",
                        help="train the top K blocks (and the final LayerNorm) with the head")
-    which.add_argument("--lora-rank", type=int, default=0, metavar="R",
+    which.add_argument("--lora-rank", type=at_least(0), default=0, metavar="R",
                        help="train LoRA adapters of rank R on the attention projections (query, key, value, output)")
-    lm.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator (default: 2 x rank)")
-    lm.add_argument("--lora-dropout", type=float, default=0.05, help="default %(default)s")
+    lm.add_argument("--lora-alpha", type=positive, default=None, help="LoRA scale numerator (default: 2 x rank)")
+    lm.add_argument("--lora-dropout", type=at_least(0.0, float), default=0.05, help="default %(default)s")
     batches = parser.add_argument_group("batches")
-    batches.add_argument("--batch-size", type=int, default=32, help="RNAs per micro-batch at most (default %(default)s)")
-    batches.add_argument("--max-tokens", type=int, default=8192,
+    batches.add_argument("--batch-size", type=at_least(1), default=32, help="RNAs per micro-batch at most (default %(default)s)")
+    batches.add_argument("--max-tokens", type=at_least(1), default=8192,
                          help="nucleotides (padding included) per micro-batch at most, when whole sequences go "
                          "in (trainable LM, per-nucleotide task) (default %(default)s)")
     cache = parser.add_argument_group("frozen language model: feature cache")
@@ -592,9 +595,9 @@ def add_parser(subparsers) -> None:
     cache.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default="float32", help="default %(default)s")
     cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="precision the frozen language model runs in (default %(default)s)")
-    cache.add_argument("--lm-max-tokens", type=int, default=None,
+    cache.add_argument("--lm-max-tokens", type=at_least(1), default=None,
                        help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
-    cache.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
+    cache.add_argument("--window-overlap", type=at_least(0), default=DEFAULT_OVERLAP,
                        help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
     predicting = parser.add_argument_group("predicting")
     predicting.add_argument("--predict", type=Path, default=None, metavar="FINAL",

@@ -100,6 +100,15 @@ class TrainConfig:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.warmup_steps < 0 or self.save_every < 0 or self.keep_checkpoints < 0:
             raise ValueError("warmup_steps, save_every and keep_checkpoints must not be negative")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.min_lr <= self.lr:  # a floor above the peak would make the cosine climb
+            raise ValueError(f"--min-lr must lie in [0, --lr = {self.lr}], got {self.min_lr}")
+        if not (self.weight_decay >= 0 and self.clip_grad >= 0 and self.eps > 0):
+            raise ValueError(f"--weight-decay and --clip-grad must not be negative and --eps must be positive, "
+                             f"got {self.weight_decay}, {self.clip_grad}, {self.eps}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"--betas must lie in [0, 1), got {list(self.betas)}")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "TrainConfig":
@@ -113,6 +122,28 @@ class TrainConfig:
         data["output_dir"] = str(self.output_dir)
         data["betas"] = list(self.betas)
         return data
+
+
+def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
+    """An argparse ``type``: a number of ``kind`` not below ``minimum``. argparse's error then
+    names the flag: ``argument --batch-size: must be at least 1, got 0``."""
+
+    def parse(text: str):
+        value = kind(text)  # a ValueError here is argparse's "invalid int value"
+        if not value >= minimum:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def positive(text: str) -> float:
+    """An argparse ``type``: a float above 0."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
@@ -257,7 +288,8 @@ class JsonlLog:
 
 
 def _prepare_run_dir(config: TrainConfig, run_info: dict, accelerator: Accelerator) -> Path | None:
-    """Create the run directory; find the checkpoint to resume from; refuse to mix two runs."""
+    """Create the run directory; find the checkpoint to resume from; refuse to mix two runs.
+    (``run.json`` is written later, once the checkpoint has been found to fit this run.)"""
     out = config.output_dir
     checkpoint = latest_checkpoint(out) if config.resume else None
     if accelerator.is_main_process:
@@ -270,7 +302,6 @@ def _prepare_run_dir(config: TrainConfig, run_info: dict, accelerator: Accelerat
             )
         if checkpoint is None and config.resume:
             logger.info("no checkpoint in %s: starting from step 0", out)
-        (out / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
     accelerator.wait_for_everyone()
     return checkpoint
 
@@ -311,6 +342,8 @@ def train(
     else:
         # Different dropout draws on each process; the data streams are seeded by their owners.
         set_seed(config.seed + accelerator.process_index)
+    if accelerator.is_main_process:  # only now: a refused resume leaves the run's record as it was
+        (config.output_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
     log.truncate(step)
     resumed_at = step
     facts = {"fingerprint": fingerprint, "run_info": run_info}

@@ -37,7 +37,7 @@ from ..data.batching import MLMBatches
 from ..data.masking import IGNORE_INDEX
 from ..data.streaming import INVALID_POLICIES, FastaStream
 from ..model import ProtRNA
-from .loop import TrainConfig, add_training_arguments, evaluate_loss, make_accelerator, train
+from .loop import TrainConfig, add_training_arguments, at_least, evaluate_loss, make_accelerator, train
 from .transfer import (
     DEFAULT_TRAINABLE_LAYERS,
     count_parameters,
@@ -85,7 +85,7 @@ def pretrain(args: argparse.Namespace) -> dict:
     config = TrainConfig.from_args(args)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
-    max_tokens = args.max_tokens if args.max_tokens or args.batch_size else DEFAULT_MAX_TOKENS
+    max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None and args.batch_size is None else args.max_tokens
 
     set_seed(config.seed)
     lm = load_source(args.esm, trust_checkpoint=args.trust_checkpoint)
@@ -199,7 +199,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--trainable-layers",
-        type=int,
+        type=at_least(0),
         default=DEFAULT_TRAINABLE_LAYERS,
         metavar="K",
         help="top blocks to train (default %(default)s: 80.4 M of 651 M parameters for ESM-2 650M)",
@@ -207,16 +207,16 @@ def add_parser(subparsers) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--max-tokens",
-        type=int,
+        type=at_least(1),
         metavar="N",
         help=f"tokens per micro-batch and process, padding included (default {DEFAULT_MAX_TOKENS})",
     )
     size.add_argument(
-        "--batch-size", type=int, metavar="B", help="sequences per micro-batch instead of a token budget"
+        "--batch-size", type=at_least(1), metavar="B", help="sequences per micro-batch instead of a token budget"
     )
     parser.add_argument(
         "--shuffle-buffer",
-        type=int,
+        type=at_least(0),
         default=10_000,
         metavar="N",
         help="sequences held for shuffling, 0 = file order (default %(default)s)",

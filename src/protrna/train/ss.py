@@ -60,7 +60,7 @@ from .features import (
     check_resume_fingerprint,
     lm_fingerprint,
 )
-from .loop import TrainConfig, add_training_arguments, make_accelerator, to_device, train
+from .loop import TrainConfig, add_training_arguments, at_least, make_accelerator, positive, to_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -441,16 +441,16 @@ def add_parser(subparsers) -> None:
                         help="training structures: 3-line .dbn, PDB .tsv, .bpseq/.ct or a folder of them")
     parser.add_argument("--valid", required=True, type=Path,
                         help="validation structures: loss, F1 and the threshold choice")
-    parser.add_argument("--max-length", type=int, default=None, metavar="NT",
+    parser.add_argument("--max-length", type=at_least(1), default=None, metavar="NT",
                         help="skip (and count) RNAs longer than this, in both sets (default: keep all)")
     parser.add_argument("--skip-invalid", action="store_true",
                         help="leave out (and log) records with letters that are no nucleotide code")
     data = parser.add_argument_group("batches and loss")
-    data.add_argument("--batch-size", type=int, default=8, help="RNAs per micro-batch at most (default %(default)s)")
-    data.add_argument("--max-pairs", type=int, default=DEFAULT_MAX_PAIRS,
+    data.add_argument("--batch-size", type=at_least(1), default=8, help="RNAs per micro-batch at most (default %(default)s)")
+    data.add_argument("--max-pairs", type=at_least(1), default=DEFAULT_MAX_PAIRS,
                       help="B x L_max^2 pair cells per micro-batch at most; a longer RNA goes alone "
                       "(default %(default)s)")
-    data.add_argument("--pos-weight", type=float, default=1.0,
+    data.add_argument("--pos-weight", type=positive, default=1.0,
                       help="loss weight of paired cells relative to unpaired (default %(default)s)")
     data.add_argument("--threshold-grid", type=float, nargs=3, default=DEFAULT_GRID,
                       metavar=("START", "STOP", "STEP"), help="thresholds tried on --valid (default 0.05 0.95 0.05)")
@@ -460,7 +460,7 @@ def add_parser(subparsers) -> None:
                        ("--msa-heads", "msa_heads"), ("--pair-heads", "pair_heads"),
                        ("--head-width", "head_width"), ("--outer-dim", "outer_dim"),
                        ("--transition-factor", "transition_factor")):
-        head.add_argument(flag, type=int, default=getattr(defaults, name), help="default %(default)s")
+        head.add_argument(flag, type=at_least(1), default=getattr(defaults, name), help="default %(default)s")
     head.add_argument("--init-head", default=None,
                       help="start from this head (official name, .h5 or directory) instead of a random one")
     head.add_argument("--gradient-checkpointing", action="store_true",
@@ -472,9 +472,9 @@ def add_parser(subparsers) -> None:
                        help="storage precision of the cache (default %(default)s; float16/bfloat16 halve the disk)")
     cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
                        help="precision the language model runs in (default %(default)s)")
-    cache.add_argument("--lm-max-tokens", type=int, default=None,
+    cache.add_argument("--lm-max-tokens", type=at_least(1), default=None,
                        help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
-    cache.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
+    cache.add_argument("--window-overlap", type=at_least(0), default=DEFAULT_OVERLAP,
                        help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
     cache.add_argument("--cache-only", action="store_true",
                        help="compute the cached features and stop (e.g. once, before a multi-GPU run)")
