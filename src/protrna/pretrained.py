@@ -146,9 +146,15 @@ def load_pretrained_as(source: str | os.PathLike, expected: type, what: str) -> 
     model = load_pretrained_model(source)
     if not isinstance(model, expected):
         raise ValueError(f"{source} is not {what} (it loads as {type(model).__name__})")
-    # A path is kept absolute, so that rerunning a job from another folder still matches it.
-    model.source = str(Path(source).resolve()) if Path(source).exists() else str(source)
+    model.source = source_name(source)
     return model
+
+
+def source_name(source: str | os.PathLike) -> str:
+    """How jobs record where a model came from: an official name as it is, a path made absolute,
+    so that a rerun or a ``--predict`` from another folder still finds and matches it."""
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else str(source)
 
 
 # ---- original h5 files ------------------------------------------------------------------

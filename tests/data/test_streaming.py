@@ -96,6 +96,11 @@ def test_invalid_records_are_skipped_with_a_log_line(tmp_path, caplog):
     assert names == ["ok1", "ok2"]
     assert "'protein'" in caplog.text and str(path) in caplog.text and "line 3" in caplog.text
     assert "'empty'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="protrna.data.streaming"):
+        stream = iter(FastaStream([path], loop=True))
+        names = [next(stream)[0] for _ in range(10)]  # five epochs
+    assert names.count("ok1") == 5 and caplog.text.count("'protein'") == 1  # said once, not per epoch
 
 
 def test_invalid_record_error_names_record_file_and_line(tmp_path):

@@ -311,6 +311,13 @@ def test_bad_inputs_are_named(lm_dir, nrc, tmp_path, capsys):
         assert cli.main(argv) == 2
         return capsys.readouterr().err
 
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "log.jsonl").write_text("")
+    # Refused before anything is loaded: the missing model is not even looked at.
+    assert cli.main(arguments(tmp_path / "no_such_lm", nrc["train"], taken, tmp_path / "cache")) == 2
+    assert "pass --resume" in capsys.readouterr().err
+
     unknown = tmp_path / "unknown.fasta"
     unknown.write_text(">tRNA\nGGGAAACCC\n>not_a_class\nGGGAAACCCA\n")
     err = error_of("--test", str(unknown))

@@ -50,6 +50,10 @@ def test_esm1b_and_foreign_pickles_are_refused(tmp_path):
     torch.save({"model": {}, "cfg": {"model": _Custom()}}, odd)
     with pytest.raises(ValueError, match="--trust-checkpoint"):
         load_esm2(odd)
+    fasta = tmp_path / "rna.fa"
+    fasta.write_text(">a\nACGU\n")  # not "holds Python objects": it is not a checkpoint at all
+    with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
+        load_esm2(fasta)
 
 
 class _Custom:

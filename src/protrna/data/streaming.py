@@ -98,6 +98,7 @@ class FastaStream:
         # and in checkpoints.
         self.buffer: list[tuple[str, bytes]] = []
         self.skipped = 0
+        self._warned: set[tuple[Path, int]] = set()
 
     # ---- state -----------------------------------------------------------------------------
 
@@ -217,7 +218,9 @@ class FastaStream:
                     hint += " or --invalid unknown to read those letters as unknown bases (x)"
                 raise InvalidSequenceError(f"{where} {reason}; fix the file, or {hint}") from None
             self.skipped += 1
-            logger.warning("skipping %s: %s", where, reason)
+            if (path, record.line) not in self._warned:  # once, not again every epoch
+                self._warned.add((path, record.line))
+                logger.warning("skipping %s: %s", where, reason)
             return None
 
 

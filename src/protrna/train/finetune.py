@@ -64,6 +64,7 @@ from ..finetuned import (
 from ..heads.task import POOLINGS, TaskHead, TaskHeadConfig, pool
 from ..inference import DEFAULT_OVERLAP
 from ..model import ProtRNA
+from ..pretrained import source_name
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -73,7 +74,16 @@ from .features import (
     check_resume_fingerprint,
     lm_fingerprint,
 )
-from .loop import TrainConfig, add_training_arguments, at_least, make_accelerator, positive, to_device, train
+from .loop import (
+    TrainConfig,
+    add_training_arguments,
+    at_least,
+    check_run_dir,
+    make_accelerator,
+    positive,
+    to_device,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -286,11 +296,12 @@ def finetune(args: argparse.Namespace) -> dict:
     if args.train is None or args.task is None:
         raise ValueError("--train and --task are needed to train (or --predict DIR/final --input FILE to predict)")
     config = TrainConfig.from_args(args)
+    check_run_dir(config)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     task = args.task
     input_format = _input_format(args)
-    model_source = args.model or DEFAULT_MODEL
+    model_source = source_name(args.model or DEFAULT_MODEL)
     mode = "lora" if args.lora_rank else "top-k" if args.trainable_layers else "frozen"
 
     read = functools.partial(read_labelled, task=task, input_format=input_format, skip_invalid=args.skip_invalid)

@@ -287,6 +287,18 @@ class JsonlLog:
         temporary.replace(self.path)
 
 
+def check_run_dir(config: TrainConfig) -> None:
+    """Refuse an ``--output`` that holds a run unless resuming. The commands call this first, so
+    that the refusal does not wait for minutes of model loading and feature caching."""
+    out = config.output_dir
+    previous = [p.name for p in (out / "log.jsonl", out / "checkpoints", out / "final") if p.exists()]
+    if previous and not config.resume:
+        raise FileExistsError(
+            f"{out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
+            "or choose another --output"
+        )
+
+
 def _prepare_run_dir(config: TrainConfig, run_info: dict, accelerator: Accelerator) -> Path | None:
     """Create the run directory; find the checkpoint to resume from; refuse to mix two runs.
     (``run.json`` is written later, once the checkpoint has been found to fit this run.)"""
@@ -294,12 +306,7 @@ def _prepare_run_dir(config: TrainConfig, run_info: dict, accelerator: Accelerat
     checkpoint = latest_checkpoint(out) if config.resume else None
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
-        previous = [p.name for p in (out / "log.jsonl", out / "checkpoints", out / "final") if p.exists()]
-        if previous and not config.resume:
-            raise FileExistsError(
-                f"{out} already holds a run ({', '.join(previous)}): pass --resume to continue it, "
-                "or choose another --output"
-            )
+        check_run_dir(config)
         if checkpoint is None and config.resume:
             logger.info("no checkpoint in %s: starting from step 0", out)
     accelerator.wait_for_everyone()

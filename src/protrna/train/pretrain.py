@@ -37,7 +37,7 @@ from ..data.batching import MLMBatches
 from ..data.masking import IGNORE_INDEX
 from ..data.streaming import INVALID_POLICIES, FastaStream
 from ..model import ProtRNA
-from .loop import TrainConfig, add_training_arguments, at_least, evaluate_loss, make_accelerator, train
+from .loop import TrainConfig, add_training_arguments, at_least, check_run_dir, evaluate_loss, make_accelerator, train
 from .transfer import (
     DEFAULT_TRAINABLE_LAYERS,
     count_parameters,
@@ -83,6 +83,7 @@ def _data_seed(seed: int, rank: int, purpose: int) -> int:
 def pretrain(args: argparse.Namespace) -> dict:
     """Run ``protrna pretrain`` with parsed arguments; returns the last log record."""
     config = TrainConfig.from_args(args)
+    check_run_dir(config)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     max_tokens = DEFAULT_MAX_TOKENS if args.max_tokens is None and args.batch_size is None else args.max_tokens

@@ -51,6 +51,7 @@ from ..heads.ss import RotaFormer, RotaFormerConfig
 from ..inference import DEFAULT_OVERLAP
 from ..metrics import score
 from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
+from ..pretrained import source_name
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -60,7 +61,16 @@ from .features import (
     check_resume_fingerprint,
     lm_fingerprint,
 )
-from .loop import TrainConfig, add_training_arguments, at_least, make_accelerator, positive, to_device, train
+from .loop import (
+    TrainConfig,
+    add_training_arguments,
+    at_least,
+    check_run_dir,
+    make_accelerator,
+    positive,
+    to_device,
+    train,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -321,6 +331,7 @@ def save_head(accelerator: Accelerator, model: nn.Module, directory: Path, thres
 def train_ss(args: argparse.Namespace) -> dict:
     """Run ``protrna train-ss`` with parsed arguments; returns the last log record."""
     config = TrainConfig.from_args(args)
+    check_run_dir(config)
     accelerator = make_accelerator(config)
     rank, world = accelerator.process_index, accelerator.num_processes
     grid = threshold_grid(*args.threshold_grid)
@@ -334,7 +345,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     settings = FeatureSettings(kinds=("per_tok",), storage_dtype=args.cache_dtype,
                                window_overlap=args.window_overlap)
     cache_dir = args.cache_dir or cache_root() / "features"
-    common = dict(fingerprint=fingerprint, lm_source=str(args.model), max_tokens=args.lm_max_tokens,
+    common = dict(fingerprint=fingerprint, lm_source=source_name(args.model), max_tokens=args.lm_max_tokens,
                   is_main_process=accelerator.is_main_process, progress=accelerator.is_main_process)
     train_features = cached_features(lm, [r.sequence for r in train_records], cache_dir, settings,
                                      description="train features", **common)
@@ -376,7 +387,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     run_info = {
         "command": "train-ss",
         "protrna_version": __version__,
-        "model": str(args.model),
+        "model": source_name(args.model),
         "lm_fingerprint": fingerprint,
         "lm_dtype": args.lm_dtype,
         "train": str(args.train),
@@ -400,7 +411,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     def save_final(accelerator: Accelerator, model: nn.Module, directory: Path) -> None:
         chosen = validation.final(model)
         facts = {
-            "model": str(args.model),
+            "model": source_name(args.model),
             "lm_fingerprint": fingerprint,
             "threshold": chosen["result"]["valid_threshold"],
             "selected_on": str(args.valid),

@@ -109,6 +109,10 @@ def load_checkpoint_file(path: str | Path, trust: bool = False) -> dict:
     """``torch.load`` a fair-esm checkpoint. Its ``cfg`` is an ``argparse.Namespace``, allowed
     explicitly; anything else pickled in it is refused unless ``trust`` (then plain pickle runs,
     which can execute code: only for files from a source you trust)."""
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if start[:2] != b"PK" and start[:1] != b"\x80":  # torch.save's zip archive, or a legacy pickle
+        raise ValueError(f"{path} is not a PyTorch checkpoint (a fair-esm .pt file, e.g. esm2_t33_650M_UR50D.pt)")
     if trust:
         return torch.load(path, map_location="cpu", weights_only=False)
     try:
