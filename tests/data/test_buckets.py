@@ -43,6 +43,11 @@ def test_resume_continues_with_the_same_batches():
     again = LengthBucketBatches(LENGTHS, max_items=8, max_cost=4096, cost=token_cost, seed=5)
     again.load_state_dict(state)
     assert list(itertools.islice(iter(again), 20)) == expected
+    # Another training set, or other limits: the saved position would point at other batches.
+    for other in (LengthBucketBatches(LENGTHS[:-1], max_items=8, max_cost=4096, cost=token_cost, seed=5),
+                  LengthBucketBatches(LENGTHS, max_items=4, max_cost=4096, cost=token_cost, seed=5)):
+        with pytest.raises(ValueError, match="resume with the same --train"):
+            other.load_state_dict(state)
 
 
 def test_without_pool_batches_are_plain_random():

@@ -18,6 +18,7 @@ have got.
 
 from __future__ import annotations
 
+import hashlib
 from typing import Callable, Iterator, Sequence
 
 import numpy as np
@@ -138,10 +139,23 @@ class LengthBucketBatches:
         """Batches per epoch for this process (epochs differ slightly; this is epoch 0's)."""
         return len(self.epoch_batches(0)) // self.world_size
 
+    def _layout(self) -> str:
+        """What the batches are cut from: a position in them means nothing for other records
+        or other batch limits."""
+        digest = hashlib.sha256(self.lengths.tobytes())
+        digest.update(repr((self.max_items, self.max_cost, self.seed, self.pool)).encode())
+        return digest.hexdigest()
+
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position}
+        return {"epoch": self.epoch, "position": self.position, "layout": self._layout()}
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("layout", self._layout()) != self._layout():  # checkpoints before the check have none
+            raise ValueError(
+                "the checkpoint's position in the training data belongs to other training records or "
+                "batch limits: resume with the same --train, --max-length, --batch-size, --max-pairs / "
+                "--max-tokens and --seed"
+            )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
 
     def __iter__(self) -> Iterator[list[int]]:
