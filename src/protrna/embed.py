@@ -145,7 +145,7 @@ class EmbeddingStore:
             h5.close()
             raise
         found = {key: _plain(h5.attrs.get(key)) for key in settings}
-        found["layers"] = list(h5.attrs.get("layers", []))
+        found["layers"] = [int(layer) for layer in h5.attrs.get("layers", [])]
         found["include"] = h5.attrs.get("include")
         wanted = dict(settings, layers=layers, include=",".join(include))
         # Another protrna version computes the same numbers: its files resume.

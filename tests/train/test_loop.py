@@ -125,3 +125,14 @@ def test_resuming_with_other_shapes_is_refused_clearly(tmp_path):
     wider = torch.nn.Sequential(torch.nn.Linear(4, 5))  # same names, e.g. another --hidden-dim
     with pytest.raises(ValueError, match=r"weights of other shapes.*size mismatch.*resume with the same model options"):
         train(resumed, make_accelerator(resumed), wider, forever(batch), loss)
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="checks the CPU-only fallback")
+def test_fsdp_settings_fall_back_to_ddp_without_gpus(tmp_path, monkeypatch, caplog):
+    # What `accelerate launch --use_fsdp ...` puts in the environment.
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_SHARDING_STRATEGY", "FULL_SHARD")
+    with caplog.at_level("WARNING", logger="protrna"):
+        accelerator = make_accelerator(TrainConfig(tmp_path))
+    assert not accelerator.is_fsdp2 and accelerator.distributed_type.value in ("NO", "MULTI_CPU")
+    assert "plain DDP" in caplog.text

@@ -29,6 +29,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -212,6 +213,11 @@ def make_accelerator(config: TrainConfig) -> Accelerator:
     Processes other than the main one log warnings only.
     """
     no_accelerator = not torch.accelerator.is_available()
+    for engine_flag, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if no_accelerator and os.environ.get(engine_flag, "").lower() in ("1", "true", "yes"):
+            # accelerate refuses to build these without GPUs; plain processes (DDP) still train.
+            logger.warning("%s shards only on GPUs; on this CPU-only machine the run uses plain DDP", name)
+            os.environ[engine_flag] = "false"
     accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else None, cpu=no_accelerator)
     engine = accelerator.distributed_type.value
     if accelerator.is_fsdp2:

@@ -107,10 +107,9 @@ def read_structures(
             too_long += 1
             continue
         kept.append(record)
-    logger.info(
-        "%s: %d of %d records of %s used (%d longer than --max-length %s, %d invalid skipped)",
-        what, len(kept), len(records), path, too_long, max_length, invalid,
-    )
+    left_out = [f"{too_long} longer than --max-length {max_length}"] if max_length is not None else []
+    logger.info("%s: %d of %d records of %s used (%s)", what, len(kept), len(records), path,
+                ", ".join(left_out + [f"{invalid} invalid skipped"]))
     if not kept:
         raise InvalidRecordError(f"{path}: no usable records (of {len(records)}; --max-length {max_length})")
     return kept
