@@ -138,6 +138,18 @@ def test_wrong_published_checksum_leaves_nothing_in_the_cache(parity_dir, monkey
     assert not (cache_root() / "models").exists() or not any((cache_root() / "models").iterdir())
 
 
+def test_a_stale_cached_record_is_refreshed_after_a_checksum_mismatch(zenodo):
+    stale = zenodo.record_json()
+    for entry in stale["files"]:
+        entry["checksum"] = "md5:" + "0" * 32  # as published before the file was replaced
+    record_json_path(LM.record).parent.mkdir(parents=True, exist_ok=True)
+    record_json_path(LM.record).write_text(json.dumps(stale))
+    model = load_pretrained_model("ProtRNA_pretrained", progress=False)
+    assert isinstance(model, ProtRNA)
+    assert "0" * 32 not in record_json_path(LM.record).read_text()  # the fresh record was kept
+    assert len(zenodo.file_requests()) == 2  # the first download failed its check, the second passed
+
+
 def test_interrupted_conversion_never_leaves_a_loadable_half(zenodo, monkeypatch):
     original_save = ProtRNA.save_pretrained
 

@@ -333,7 +333,19 @@ def fetch_official(weights: OfficialWeights | str, *, progress: bool = True) -> 
             f"(it has {', '.join(files) or 'no files'})"
         )
     try:
-        return download(weights.url, dest, md5=remote.md5, size=remote.size, progress=progress)
+        try:
+            return download(weights.url, dest, md5=remote.md5, size=remote.size, progress=progress)
+        except ChecksumError:
+            # The cached record may be older than the file (a new upload, a mirror's own record):
+            # ask once more; only a changed checksum is worth downloading again.
+            try:
+                fresh = zenodo_record_files(weights.record, refresh=True).get(weights.filename)
+            except DownloadError:
+                fresh = None
+            if fresh is None or (fresh.md5, fresh.size) == (remote.md5, remote.size):
+                raise
+            logger.info("the published checksum of %s has changed; downloading it again", weights.filename)
+            return download(weights.url, dest, md5=fresh.md5, size=fresh.size, progress=progress)
     except ChecksumError:
         raise
     except DownloadError as error:
