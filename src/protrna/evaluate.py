@@ -463,7 +463,9 @@ def _run(args) -> int:
         main = evaluate_predictor(
             references, predictor, threshold=args.threshold, progress=not args.quiet,
             resume_from=args.per_sequence,
-            settings={**common, "model": model, "head": head, "dtype": dtype},
+            # Where the weights came from (paths made absolute): a resume from another folder matches.
+            settings={**common, "model": getattr(predictor.lm, "source", model),
+                      "head": getattr(predictor.head, "source", head), "dtype": dtype},
         )
     evaluations = [main]
     if "rnafold" in args.baseline:
