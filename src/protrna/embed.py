@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import logging
 import os
 from pathlib import Path
@@ -36,7 +35,7 @@ from tqdm.auto import tqdm
 from . import __version__
 from .cpu import pack_for_cpu_inference
 from .data.fasta import FastaRecord, input_path
-from .data.records import InvalidRecordError, checked_records, valid_records
+from .data.records import InvalidRecordError, checked_records, records_digest, valid_records
 from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder, plan_windows
 from .model import ProtRNA
 
@@ -264,9 +263,7 @@ def embed_fasta(
 
     index = scan_records(fasta, skip_invalid, unique_ids)
     # Ids and lengths alone would miss a changed nucleotide: a rerun must not reuse stale rows.
-    digest = hashlib.sha256()
-    for record in _records_of(fasta, index):
-        digest.update(f"{record.id}\n{record.sequence}\n".encode())
+    digest = records_digest((record.id, record.sequence) for record in _records_of(fasta, index))
     owned = isinstance(model, (str, Path))
     model = prepare_model(model, dtype, device)
     layers = resolve_layers(layers, model.num_layers)
@@ -280,7 +277,7 @@ def embed_fasta(
         "dtype": str(model.dtype).removeprefix("torch."),
         "window": MAX_RESIDUES,
         "overlap": window_overlap,
-        "input_sha256": digest.hexdigest(),
+        "input_sha256": digest,
         "protrna_version": __version__,
     }
     try:  # whatever happens, a caller's model gets its own layers back

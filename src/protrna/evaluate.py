@@ -29,7 +29,7 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from .metrics import METRICS, mean_scores, score
-from .structure import BasePairs, StructureError, StructureRecord, read_reference
+from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -426,8 +426,7 @@ def _check_options(args) -> None:
                    if value != default]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} apply to --predictions; the model predicts every reference")
-    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise ValueError(f"--threshold is a pair probability, between 0 and 1, not {args.threshold}")
+    check_threshold(args.threshold)
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
 

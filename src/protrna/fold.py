@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -35,12 +34,20 @@ from tqdm.auto import tqdm
 from . import __version__
 from .cpu import pack_for_cpu_inference
 from .data.fasta import input_path
-from .data.records import InvalidRecordError, valid_records
+from .data.records import InvalidRecordError, records_digest, valid_records
 from .embed import DEFAULT_MODEL, prepare_model, token_budget
 from .heads.ss import RotaFormer
 from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
 from .model import ProtRNA
-from .structure import CONFLICT_METHODS, StructureRecord, resolve_conflicts, sigmoid, write_bpseq, write_ct
+from .structure import (
+    CONFLICT_METHODS,
+    StructureRecord,
+    check_threshold,
+    resolve_conflicts,
+    sigmoid,
+    write_bpseq,
+    write_ct,
+)
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +245,7 @@ def fold_fasta(
         raise ValueError(f"--resolve takes {', '.join(CONFLICT_METHODS)}; got {resolve!r}")
     # Options are checked before anything is written: a bad one must not leave an output
     # directory whose settings then refuse the corrected rerun.
-    if threshold is not None and not 0.0 <= threshold <= 1.0:  # NaN fails too
-        raise ValueError(f"--threshold is a pair probability, between 0 and 1, not {threshold}")
+    check_threshold(threshold)
     if min_hairpin < 0:
         raise ValueError(f"--min-hairpin must be 0 or more, not {min_hairpin}")
     if fasta.is_dir():
@@ -252,9 +258,6 @@ def fold_fasta(
     sequences = dict(valid)
     # Per-record file names depend on every id (clashes are numbered in input order), so a run
     # resumes only on the same records: another input could give a done record's name to a new one.
-    digest = hashlib.sha256()
-    for record_id, sequence in valid:
-        digest.update(f"{record_id}\n{sequence}\n".encode())
 
     predictor = predictor or load_predictor(model, head, dtype=dtype, device=device, max_tokens=max_tokens,
                                             window_overlap=window_overlap)
@@ -271,7 +274,7 @@ def fold_fasta(
         "formats": sorted(set(formats) - {"dbn"}),  # predictions.dbn is always written
         "probabilities": probabilities,
         "input_records": len(valid),
-        "input_sha256": digest.hexdigest(),
+        "input_sha256": records_digest(valid),
         "plot": plot,
         "protrna_version": __version__,
     }
@@ -352,7 +355,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "fold",
         help="predict secondary structures of a FASTA file",
         description=__doc__.split("\n\n")[0].replace("``", ""),
-        epilog="example: protrna fold rnas.fa --output-dir folds --format dbn bpseq ct --plot",
+        epilog="example: protrna fold rnas.fa --output-dir folds --format bpseq ct --plot",
     )
     parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")
     parser.add_argument("--output-dir", "-o", type=Path, required=True)

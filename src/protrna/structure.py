@@ -599,6 +599,12 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return np.where(logits >= 0, 1 / (1 + decay), decay / (1 + decay))
 
 
+def check_threshold(threshold: float | None) -> None:
+    """A pair-probability cut-off must lie in [0, 1] (``None``: the head's own); NaN is refused."""
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"--threshold is a pair probability, between 0 and 1, not {threshold}")
+
+
 def decode_matrix(probabilities: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
     """The original decoding: ``probabilities > threshold`` as an ``(L, L)`` bool matrix.
 

@@ -10,9 +10,10 @@ some datasets (nRC) use the class name as every record's id.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..alphabet import encode_rna
 from .fasta import FastaRecord, read_fasta
@@ -50,6 +51,14 @@ def checked_records(path: str | Path, unique_ids: bool = False) -> Iterator[tupl
         if problem is None:
             first_line[record.id] = record.line
         yield record, problem
+
+
+def records_digest(records: Iterable[tuple[str, str]]) -> str:
+    """SHA-256 of ``(id, sequence)`` pairs in order: what jobs compare before resuming a run."""
+    digest = hashlib.sha256()
+    for record_id, sequence in records:
+        digest.update(f"{record_id}\n{sequence}\n".encode())
+    return digest.hexdigest()
 
 
 def valid_records(
