@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence, Union
 import numpy as np
 
 from .metrics import METRICS, mean_scores, score
+from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
@@ -244,9 +245,6 @@ def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
 
 # --- the model-driven evaluation and the command line -----------------------------------------
 
-_DEFAULT_MODEL, _DEFAULT_HEAD = "ProtRNA_pretrained", "ssHead_RF_bprna"
-
-
 # First line of a ``.partial`` TSV: what its rows were scored with, so that a rerun with another
 # threshold, model or reference starts over instead of mixing in stale rows.
 _SETTINGS_LINE = "# settings: "
@@ -387,8 +385,8 @@ def add_parser(subparsers) -> None:
                         help="a prediction whose sequence differs from the reference's: stop (default) or "
                         "score it with a warning")
     model = parser.add_argument_group("running ProtRNA (without --predictions)")
-    model.add_argument("--model", default=None, help=f"language model (default: {_DEFAULT_MODEL})")
-    model.add_argument("--head", default=None, help=f"structure head (default: {_DEFAULT_HEAD})")
+    model.add_argument("--model", default=None, help=f"language model (default: {DEFAULT_MODEL})")
+    model.add_argument("--head", default=None, help=f"structure head (default: {DEFAULT_HEAD})")
     model.add_argument("--threshold", type=float, default=None,
                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -454,9 +452,8 @@ def _run(args) -> int:
             settings={**common, "predictions": str(args.predictions)},
         )
     else:
-        from .fold import load_predictor
 
-        model, head = args.model or _DEFAULT_MODEL, args.head or _DEFAULT_HEAD
+        model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
         dtype = args.dtype or "float32"
         predictor = load_predictor(model, head, dtype=dtype, device=args.device)
         main = evaluate_predictor(

@@ -51,9 +51,10 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..alphabet import Alphabet, encode_rna
+from ..alphabet import MAX_RESIDUES
 from ..cpu import pack_for_cpu_inference
-from ..embed import _allocate, token_budget
-from ..inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
+from ..embed import _allocate
+from ..runtime import DEFAULT_OVERLAP, WindowedEncoder, token_budget
 from ..model import ProtRNA
 from .checkpoint import latest_checkpoint
 
@@ -266,18 +267,22 @@ def _build(lm: ProtRNA, path: Path, key: str, fingerprint: str, lm_source: str, 
                 description, len(distinct), offsets[-1], path,
             )
         encoder = WindowedEncoder(lm, [layer], max_tokens=max_tokens, overlap=settings.window_overlap)
-        pending = np.flatnonzero(~done)
         with tqdm(total=len(done), initial=int(done.sum()), unit="seq", desc=description,
                   disable=not progress, dynamic_ncols=True) as bar:
-            for start in range(0, len(pending), _CHUNK):
-                chunk = pending[start : start + _CHUNK]
+            # Chunks by position, done rows skipped inside them: a resumed build plans the batches
+            # of an uninterrupted one, so its features are the same bit for bit.
+            for start in range(0, len(done), _CHUNK):
+                chunk = np.arange(start, min(start + _CHUNK, len(done)))
+                finished = [i for i, row in enumerate(chunk) if done[row]]
+                if len(finished) == len(chunk):
+                    continue
                 records = [(str(row), "".join(alphabet.get_tok(t) for t in distinct[row])) for row in chunk]
-                for encoded in encoder.encode(records):
+                for encoded in encoder.encode(records, skip=finished):
                     _write(h5, settings, int(encoded.id), offsets, encoded.per_token[layer], encoded.bos[layer])
                 h5.flush()  # rows first, then their flags
-                h5["done"][np.sort(chunk)] = 1
+                h5["done"][chunk] = 1
                 h5.flush()
-                bar.update(len(chunk))
+                bar.update(len(chunk) - len(finished))
         h5.attrs["complete"] = True
     finally:
         h5.close()
@@ -321,6 +326,7 @@ def _open_partial(
 
 
 def _stored(values: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    values = values.cpu()
     if storage_dtype == "bfloat16":
         return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     return values.numpy().astype(_NUMPY_STORAGE[storage_dtype], copy=False)

@@ -44,14 +44,14 @@ from torch import nn
 
 from .. import __version__
 from ..alphabet import encode_rna
-from ..data.buckets import LengthBucketBatches, MappedBatches, fixed_batches, pair_cost
+from ..data.batching import pair_cost, sorted_batches
+from ..data.buckets import LengthBucketBatches, MappedBatches
 from ..data.records import InvalidRecordError
-from ..embed import DEFAULT_MODEL, prepare_model
 from ..heads.ss import RotaFormer, RotaFormerConfig
-from ..inference import DEFAULT_OVERLAP
 from ..metrics import score
 from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
 from ..pretrained import source_name
+from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -240,7 +240,7 @@ class StructureValidation:
         self.accelerator = accelerator
         self.records, self.features, self.grid = records, features, list(grid)
         self.pos_weight = pos_weight
-        self.batches = fixed_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
+        self.batches = sorted_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
         self.last: dict | None = None
 
     @torch.no_grad()
