@@ -56,7 +56,7 @@ def official_model_dir(name: str, *, progress: bool = True) -> Path:
             return final
         for stale in final.parent.glob(f".{final.name}.tmp-*"):  # left by a killed conversion
             shutil.rmtree(stale, ignore_errors=True)
-        h5_path = fetch_official(weights, progress=progress)
+        h5_path, url = _fetch(weights, progress)
         logger.info("converting %s into %s", h5_path, final)
         fix = f"delete {h5_path} and load again to download it afresh, or put the right file there"
         try:
@@ -67,7 +67,7 @@ def official_model_dir(name: str, *, progress: bool = True) -> Path:
             raise KerasFormatError(
                 f"{h5_path} holds a {KIND_NAMES[found]}, not {name} (a {KIND_NAMES[weights.kind]}): {fix}"
             )
-        provenance = {"name": name, "source": str(h5_path), "url": weights.url, "kind": weights.kind}
+        provenance = {"name": name, "source": str(h5_path), "url": url, "kind": weights.kind}
         try:
             convert_h5(h5_path, final, kind=weights.kind, threshold=weights.threshold, provenance=provenance)
         except KerasFormatError as error:  # a file of another layout under the official name
@@ -84,12 +84,18 @@ def fetch_official(weights: OfficialWeights | str, *, progress: bool = True) -> 
     """
     if isinstance(weights, str):
         weights = get_official(weights)
+    return _fetch(weights, progress)[0]
+
+
+def _fetch(weights: OfficialWeights, progress: bool) -> tuple[Path, str | None]:
+    """:func:`fetch_official`, also giving the URL the file came from (``None``: found in the
+    downloads directory without asking any record)."""
     dest = weights.download_path
     if offline():
         if not dest.exists():
             raise OfflineError(_missing_message(weights, "PROTRNA_OFFLINE is set"))
         _verify_by_hand(weights, dest)
-        return dest
+        return dest, None
     listings: dict[str, dict[str, RemoteFile]] = {}
     try:
         for record in weights.records:
@@ -102,7 +108,7 @@ def fetch_official(weights: OfficialWeights | str, *, progress: bool = True) -> 
     except DownloadError as error:  # no network, or Zenodo is down
         if dest.exists():
             _verify_by_hand(weights, dest)
-            return dest
+            return dest, None
         raise DownloadError(_missing_message(weights, str(error))) from error
     if weights.filename not in listings[record]:
         contents = "; ".join(f"{r} has {', '.join(sorted(f)) or 'no files'}" for r, f in listings.items())
@@ -114,7 +120,7 @@ def fetch_official(weights: OfficialWeights | str, *, progress: bool = True) -> 
     url = weights.url_in(record)
     try:
         try:
-            return download(url, dest, md5=remote.md5, size=remote.size, progress=progress)
+            return download(url, dest, md5=remote.md5, size=remote.size, progress=progress), url
         except ChecksumError:
             # The cached record may be older than the file (a new upload, a mirror's own record):
             # ask once more; only a changed checksum is worth downloading again.
@@ -125,7 +131,7 @@ def fetch_official(weights: OfficialWeights | str, *, progress: bool = True) -> 
             if fresh is None or (fresh.md5, fresh.size) == (remote.md5, remote.size):
                 raise
             logger.info("the published checksum of %s has changed; downloading it again", weights.filename)
-            return download(url, dest, md5=fresh.md5, size=fresh.size, progress=progress)
+            return download(url, dest, md5=fresh.md5, size=fresh.size, progress=progress), url
     except ChecksumError:
         raise
     except DownloadError as error:
