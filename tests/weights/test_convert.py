@@ -164,3 +164,18 @@ def test_threshold_is_stored_with_a_head_and_refused_for_a_language_model(parity
     with pytest.raises(ValueError, match="threshold"):
         convert_h5(parity_dir / "sshead_tiny.h5", tmp_path / "head2", threshold=1.5)
     assert no_leftovers(tmp_path) == ["head"]
+
+
+@pytest.mark.slow
+def test_a_language_model_of_the_released_width_reloads_bit_identical(tmp_path):
+    """The parity fixture is 128 wide with 2 heads; the released model is 1280 wide with 20 heads,
+    where other matmul and attention kernels run: the check must pass there too (one block)."""
+    from protrna import ProtRNAConfig
+    from protrna.model import zero_contact_head
+
+    torch.manual_seed(0)
+    model = ProtRNA(ProtRNAConfig(num_layers=1)).eval()
+    zero_contact_head(model.lm)
+    expected = fingerprint(model)
+    model.save_pretrained(tmp_path / "lm")
+    verify_saved(tmp_path / "lm", expected)

@@ -5,7 +5,7 @@ Cache layout (the root is ``$PROTRNA_HOME``, else ``$XDG_CACHE_HOME/protrna``, e
 
     <root>/downloads/ProtRNA_pretrained.h5      original Keras files, as published
     <root>/downloads/zenodo-13888473.json       the Zenodo record (md5 and size of each file)
-    <root>/models/ProtRNA_pretrained/           converted copy, written by ``save_pretrained``
+    <root>/models/ProtRNA_pretrained/           converted copy, checked by reloading it (``convert_h5``)
     <root>/locks/                               lock files, so parallel jobs download only once
 
 A file in ``downloads/`` is only ever complete (partial downloads are ``<file>.part``), and a
