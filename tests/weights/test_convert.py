@@ -159,9 +159,9 @@ def test_a_directory_damaged_between_save_and_reload_is_refused_and_removed(kind
 def test_threshold_is_stored_with_a_head_and_refused_for_a_language_model(parity_dir, tmp_path):
     out = convert_h5(parity_dir / "sshead_tiny.h5", tmp_path / "head", threshold=0.14)
     assert RotaFormer.from_pretrained(out).config.threshold == 0.14
-    with pytest.raises(ValueError, match="threshold .* is for structure heads"):
+    with pytest.raises(ValueError, match="a threshold is for structure heads; this is a language model"):
         convert_h5(parity_dir / "lm_tiny.h5", tmp_path / "lm", threshold=0.14)
-    with pytest.raises(ValueError, match="threshold"):
+    with pytest.raises(ValueError, match=r"threshold must lie in \(0, 1\), got 1.5"):
         convert_h5(parity_dir / "sshead_tiny.h5", tmp_path / "head2", threshold=1.5)
     assert no_leftovers(tmp_path) == ["head"]
 

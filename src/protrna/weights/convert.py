@@ -118,8 +118,10 @@ def convert_h5(
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not an empty directory; choose another")
     kind = kind or h5_kind(h5_path)
-    if threshold is not None and not (kind == "ss_head" and 0.0 < threshold < 1.0):
-        raise ValueError(f"{h5_path}: a threshold in (0, 1) is for structure heads, got {threshold} for a {KIND_NAMES[kind]}")
+    if threshold is not None and kind != "ss_head":
+        raise ValueError(f"{h5_path}: a threshold is for structure heads; this is a {KIND_NAMES[kind]}")
+    if threshold is not None and not 0.0 < threshold < 1.0:
+        raise ValueError(f"{h5_path}: threshold must lie in (0, 1), got {threshold}")
     model = load_h5(h5_path, kind, attention_heads=attention_heads)
     if threshold is not None:
         model.config.threshold = float(threshold)
