@@ -26,13 +26,14 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def onednn_available() -> bool:
-    """Whether this PyTorch build has the oneDNN linear ops used here (CPU builds for x86 do)."""
+def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
+    """Whether this PyTorch build has the oneDNN linear ops used here (CPU builds for x86 do), in
+    ``dtype``: its bfloat16 path also needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT in the CPU."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2), 1)
-        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2), weight, None, "none", [], "")
+        weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2, dtype=dtype), 1)
+        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2, dtype=dtype), weight, None, "none", [], "")
     except (AttributeError, RuntimeError):
         return False
     return True
@@ -89,7 +90,7 @@ def pack_for_cpu_inference(model, rows_hint: int = 1536) -> Callable[[], None] |
     """
     if model.device.type != "cpu" or model.dtype not in (torch.float32, torch.bfloat16):
         return None
-    if getattr(model, "packed_for_cpu", False) or not onednn_available():
+    if getattr(model, "packed_for_cpu", False) or not onednn_available(model.dtype):
         return None
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
 
