@@ -17,6 +17,8 @@ needs_onednn_bf16 = pytest.mark.skipif(not onednn_supports(torch.bfloat16),
 @needs_onednn
 @pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), pytest.param(torch.bfloat16, 0.1, marks=needs_onednn_bf16)])
 def test_packed_model_gives_the_same_outputs_and_restores(tiny_model, dtype, atol):
+    if not onednn_supports(dtype):
+        pytest.skip(f"oneDNN has no {dtype} linear path on this CPU (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
     model = tiny_model.to(dtype)
     tokens = model.alphabet.get_batch_converter()(["ACGUACGGGU", "GGAUC"])
     with torch.inference_mode():
@@ -112,3 +114,12 @@ def test_keep_freed_memory_serves_big_blocks_from_the_heap_and_nests():
 def test_keep_freed_memory_can_be_turned_off():
     seen = probe_malloc(PROTRNA_MALLOC_TUNING="0")
     assert seen["inside, 64 MB"] == 1
+
+
+def test_a_dtype_onednn_cannot_run_here_is_left_unpacked(tiny_model):
+    model = tiny_model.to(torch.bfloat16)
+    restore = pack_for_cpu_inference(model)
+    assert (restore is not None) == onednn_supports(torch.bfloat16)
+    tokens = model.alphabet.get_batch_converter()(["ACGU"])
+    with torch.inference_mode():
+        assert model(tokens)["logits"].shape == (1, 6, 38)  # runs either way
