@@ -136,7 +136,7 @@ def weisfeiler_lehman(pred: np.ndarray, target: np.ndarray, iterations: int = WL
 
     >>> m = np.zeros((4, 4), dtype=bool); m[0, 3] = m[3, 0] = True
     >>> weisfeiler_lehman(m, m), round(weisfeiler_lehman(m, np.zeros((4, 4), dtype=bool)), 4)
-    (1.0, 0.375)
+    (1.0, 0.5833)
     """
     length = pred.shape[0]
     if length == 0:
