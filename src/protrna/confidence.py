@@ -65,7 +65,7 @@ def check_probabilities(probabilities: np.ndarray, source: str = "") -> np.ndarr
     bad = ~np.isfinite(matrix) | (matrix < -1e-6) | (matrix > 1 + 1e-6)
     if bad.any():
         i, j = np.argwhere(bad)[0]
-        raise ValueError(f"{where}pair probability at ({i + 1}, {j + 1}) is {matrix[i, j]!r}, not in [0, 1]")
+        raise ValueError(f"{where}pair probability at ({i + 1}, {j + 1}) is {float(matrix[i, j])!r}, not in [0, 1]")
     asymmetric = np.abs(matrix - matrix.T) > 1e-5
     if asymmetric.any():
         i, j = np.argwhere(asymmetric)[0]
