@@ -164,7 +164,9 @@ def test_reliability_bins_count_cells_and_reference_pairs():
     assert (low["cells"], low["true_pairs"], high["cells"], high["true_pairs"]) == (8, 1, 2, 1)
     assert low["mean_probability"] == pytest.approx(0.2 / 8) and high["mean_probability"] == pytest.approx(0.75)
     gap = 8 * abs(1 / 8 - 0.2 / 8) + 2 * abs(1 / 2 - 0.75)
-    assert bins.expected_calibration_error == pytest.approx(gap / 10)
+    assert bins.expected_calibration_error() == pytest.approx(gap / 10)
+    assert bins.expected_calibration_error(0.5) == pytest.approx(abs(1 / 2 - 0.75))
+    assert math.isnan(Reliability().expected_calibration_error())
 
 
 def test_confidence_table_survives_a_torn_line_and_keeps_input_order(tmp_path):

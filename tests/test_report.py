@@ -94,6 +94,8 @@ def test_a_rerun_resumes_record_by_record(slices, tmp_path, monkeypatch, capsys)
     assert main(args) == 0
     assert len(folded) == 1  # only the torn record
     again = _report(tmp_path / "r")
+    assert sum(e["reused_rows"] for e in again["results"]) == 5
+    assert "with 5 of 6 rows reused" in (tmp_path / "r" / "report.md").read_text()
     assert [e["means"] for e in again["results"]] == [e["means"] for e in first["results"]]
 
     settings = json.loads(lines[0])

@@ -182,9 +182,11 @@ class Reliability:
     """Pair-level calibration: cells ``i < j`` binned by probability, with how many of them are
     reference pairs. A calibrated predictor's bins have ``fraction_true ~= mean_probability``.
 
-    ``expected_calibration_error`` is the cell-weighted mean of ``|fraction_true -
-    mean_probability|`` over the bins. Cells of probability exactly 0 are counted in the first
-    bin (they are most cells, and where a predictor is right to be sure).
+    :meth:`expected_calibration_error` is the cell-weighted mean of ``|fraction_true -
+    mean_probability|`` over the bins. Nearly all cells fall in the first bin, with probabilities
+    near 0 and almost no reference pairs, which makes the plain ECE small for any predictor;
+    ``from_probability=0.1`` leaves that bin out and weighs only the cells a predictor gives some
+    chance of pairing.
 
     >>> bins = Reliability(bins=2)
     >>> P = np.zeros((4, 4)); P[0, 3] = P[3, 0] = 0.8
@@ -226,12 +228,13 @@ class Reliability:
             })
         return rows
 
-    @property
-    def expected_calibration_error(self) -> float:
-        total = int(self.cells.sum())
+    def expected_calibration_error(self, from_probability: float = 0.0) -> float:
+        """Cell-weighted mean gap between fraction true and mean probability, over the bins that
+        start at ``from_probability`` or above (NaN if they hold no cell)."""
+        filled = (self.cells > 0) & (self.edges[:-1] >= from_probability - 1e-12)
+        total = int(self.cells[filled].sum())
         if not total:
             return math.nan
-        filled = self.cells > 0
         gap = np.abs(self.true_pairs[filled] / self.cells[filled] - self.probability_sum[filled] / self.cells[filled])
         return float((gap * self.cells[filled]).sum() / total)
 

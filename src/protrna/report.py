@@ -298,6 +298,7 @@ def score_set(
         if rows:
             logger.info("%s on %s: %d of %d records from an earlier run", predictor.name, reference_set.name,
                         len(rows), len(by_id))
+    reused = len(rows)
     todo = [record for record in reference_set.records if record.id not in rows]
     try:
         with tqdm(total=len(by_id), initial=len(rows), unit="seq", disable=not progress, dynamic_ncols=True,
@@ -316,7 +317,8 @@ def score_set(
     finally:
         if sink is not None:
             sink.close()
-    return {"rows": [rows[record.id] for record in reference_set.records], "missing": [], "unmatched_ids": set()}
+    return {"rows": [rows[record.id] for record in reference_set.records], "missing": [], "unmatched_ids": set(),
+            "reused": reused}
 
 
 def _score_file(reference_set: ReferenceSet, predictor: FilePredictor, on_missing: str,
@@ -375,6 +377,7 @@ def summarize(set_name: str, predictor: Predictor, scored: Mapping) -> dict:
         "means": mean_scores({name: row[name] for name in METRICS} for row in rows),
         "missing": scored["missing"],
         "seconds": round(sum(row.get("seconds", 0.0) for row in rows), 2) if predictor.cached else None,
+        "reused_rows": scored.get("reused", 0),
         "by_length": length_bins(rows),
     }
     with_confidence = [row for row in rows if "expected_f1" in row]
@@ -396,7 +399,11 @@ def summarize(set_name: str, predictor: Predictor, scored: Mapping) -> dict:
                 bins.cells += np.asarray(cells, dtype=np.int64)
                 bins.true_pairs += np.asarray(true_pairs, dtype=np.int64)
                 bins.probability_sum += np.asarray(probability_sum)
-            entry["reliability"] = {"bins": bins.table(), "expected_calibration_error": bins.expected_calibration_error}
+            entry["reliability"] = {
+                "bins": bins.table(),
+                "expected_calibration_error": bins.expected_calibration_error(),
+                "expected_calibration_error_from_0.1": bins.expected_calibration_error(0.1),
+            }
     return entry
 
 
@@ -413,7 +420,9 @@ def format_markdown(report: Mapping) -> str:
         "`2 E[TP] / (|S| + E[N])` from the predictor's pair probabilities (see `protrna.confidence`), "
         "which assumes calibrated, independent pair probabilities; r and rho: Pearson and Spearman "
         "correlation of expected with real strict F1 over the set; ECE: pair-level expected "
-        "calibration error over 10 probability bins.",
+        "calibration error, the cell-weighted gap between the fraction of reference pairs and the mean "
+        "probability in 10 probability bins, over the cells of probability 0.1 or more (the [0, 0.1) bin "
+        "holds nearly all cells and would make any ECE small; `report.json` has both and the bins).",
         "",
         "| set | predictor | n | strict F1 | shifted F1 | precision | recall | expected F1 | r | rho | ECE | seconds |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
@@ -426,7 +435,7 @@ def format_markdown(report: Mapping) -> str:
             entry["set"], entry["predictor"], str(entry["n"]), *(_cell(means[name]) for name in SHOWN_METRICS),
             _cell(confidence.get("mean_expected_f1")), _cell((confidence.get("f1") or {}).get("pearson")),
             _cell((confidence.get("f1") or {}).get("spearman")),
-            _cell(reliability.get("expected_calibration_error"), 4),
+            _cell(reliability.get("expected_calibration_error_from_0.1")),
             "–" if seconds is None else f"{seconds:.0f}",
         ]) + " |")
     lines += ["", "## Reference sets", "", "| set | file | records |", "|---|---|---|"]
@@ -438,9 +447,12 @@ def format_markdown(report: Mapping) -> str:
     missing = [(e["set"], e["predictor"], len(e["missing"])) for e in report["results"] if e["missing"]]
     if missing:
         lines += ["", "Records without a prediction: " + "; ".join(f"{p} on {s}: {n}" for s, p, n in missing)]
+    reused = sum(e.get("reused_rows", 0) for e in report["results"])
+    total = sum(e["n"] for e in report["results"])
     lines += ["", "## Run", "", f"- command: `{report['command']}`", f"- machine: {report['machine']}",
-              f"- wall time: {report['wall_seconds']:.0f} s (seconds per row above: prediction time per set, "
-              "summed over the records, including earlier runs that were resumed)",
+              f"- wall time of this run: {report['wall_seconds']:.0f} s, with {reused} of {total} rows reused from "
+              "the caches of an earlier run (seconds in the table: prediction time summed over the records, "
+              "whichever run computed them)",
               "- F1 by length: `f1_by_length.png`; every number with more digits, F1 by length bin and the "
               "reliability bins: `report.json`; per-sequence rows: `<set>/<predictor>.tsv`", ""]
     return "\n".join(lines)
