@@ -70,7 +70,8 @@ def test_report_numbers_are_the_metrics_of_the_same_records(slices, tmp_path, ca
         pearson = np.corrcoef([float(r["expected_f1"]) for r in table], [float(r["f1"]) for r in table])[0, 1]
         assert confidence["pearson"] == pytest.approx(pearson, abs=1e-5)
         assert sum(b["cells"] for b in entry["reliability"]["bins"]) == sum(len(r) * (len(r) - 1) // 2 for r in references)
-    assert (out / "f1_by_length.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for picture in ("f1_by_length.png", "reliability.png"):
+        assert (out / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "RNAfold" in capsys.readouterr().out
 
 

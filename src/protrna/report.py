@@ -10,6 +10,7 @@ beside the real one. The folder gets::
     report.json        the same numbers and more (all six metrics, F1 by length bin, pair
                        reliability bins), for programs
     f1_by_length.png   mean strict F1 by length bin, one panel per set
+    reliability.png    pair probability against the fraction of reference pairs, per set
     <set>/<predictor>.tsv     per-sequence scores (and expected accuracy where there is one)
     <set>/<predictor>.jsonl   the same as computed, with the run's settings on the first line:
                        an interrupted run resumes from it, record by record, when rerun
@@ -453,9 +454,13 @@ def format_markdown(report: Mapping) -> str:
               f"- wall time of this run: {report['wall_seconds']:.0f} s, with {reused} of {total} rows reused from "
               "the caches of an earlier run (seconds in the table: prediction time summed over the records, "
               "whichever run computed them)",
-              "- F1 by length: `f1_by_length.png`; every number with more digits, F1 by length bin and the "
+              "- F1 by length: `f1_by_length.png`; calibration of the pair probabilities: `reliability.png`; every number with more digits, F1 by length bin and the "
               "reliability bins: `report.json`; per-sequence rows: `<set>/<predictor>.tsv`", ""]
     return "\n".join(lines)
+
+
+# Okabe-Ito: colour-blind safe, one per predictor in the order of the report.
+_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
 
 
 def plot_by_length(report: Mapping, path: str | Path) -> Path:
@@ -470,7 +475,7 @@ def plot_by_length(report: Mapping, path: str | Path) -> Path:
     FigureCanvasAgg(figure)
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
     predictors = list(report["predictors"])
-    colours = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+    colours = _COLOURS
     labels = [f"<{high}" if low == 0 else (f"{low}+" if high is None else f"{low}-{high - 1}")
               for low, high in zip((0, *LENGTH_BINS), (*LENGTH_BINS, None))]
     for axis, name in zip(axes, sets):
@@ -496,6 +501,45 @@ def plot_by_length(report: Mapping, path: str | Path) -> Path:
     for axis in axes[len(sets):]:
         axis.set_visible(False)
     figure.suptitle("strict F1 by RNA length (nt)")
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    return path
+
+
+def plot_reliability(report: Mapping, path: str | Path) -> Path | None:
+    """Reliability curves (mean pair probability against the fraction of reference pairs, per
+    probability bin), one panel per set, one line per predictor with probabilities; ``None`` when
+    no predictor has any."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    entries = [e for e in report["results"] if e.get("reliability")]
+    if not entries:
+        return None
+    sets = list(dict.fromkeys(e["set"] for e in entries))
+    predictors = list(report["predictors"])
+    columns = min(4, len(sets))
+    rows = math.ceil(len(sets) / columns)
+    figure = Figure(figsize=(3.6 * columns, 3.6 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axis, name in zip(axes, sets):
+        axis.plot([0, 1], [0, 1], color="0.6", linewidth=0.8, linestyle="--")
+        for entry in (e for e in entries if e["set"] == name):
+            bins = [b for b in entry["reliability"]["bins"] if b["cells"]]
+            colour = _COLOURS[predictors.index(entry["predictor"]) % len(_COLOURS)]
+            axis.plot([b["mean_probability"] for b in bins], [b["fraction_true"] for b in bins], marker="o",
+                      markersize=3, color=colour, label=entry["predictor"])
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1)
+        axis.set_aspect("equal")
+        axis.set_xlabel("mean pair probability in bin", fontsize=8)
+        axis.set_ylabel("fraction that are reference pairs", fontsize=8)
+        axis.set_title(name, fontsize=10)
+        axis.legend(fontsize=7, loc="upper left")
+    for axis in axes[len(sets):]:
+        axis.set_visible(False)
+    figure.suptitle("pair-probability reliability (diagonal: calibrated)")
     path = Path(path)
     figure.savefig(path, dpi=110)
     return path
@@ -578,6 +622,7 @@ def build_report(
         if ids:
             logger.warning("%s: %d predictions are in none of the reference sets (e.g. %r)", name, len(ids), sorted(ids)[0])
     plot_by_length(report, output_dir / "f1_by_length.png")
+    plot_reliability(report, output_dir / "reliability.png")
     return report
 
 
