@@ -48,6 +48,8 @@ def test_report_numbers_are_the_metrics_of_the_same_records(slices, tmp_path, ca
     report = _report(out)
     assert list(report["sets"]) == ["TS0", "bpRNA-new", "archiveII", "pdb_ts1"]
     assert report["predictors"]["RNAfold"]["version"] == RNA.__version__
+    assert report["command"] == ("protrna evaluate --report " + str(out) + " --reference " + " ".join(map(str, slices))
+                                 + " --baseline rnafold --no-model")
     markdown = (out / "report.md").read_text()
     for path in slices:
         references = read_reference(path)
@@ -190,6 +192,7 @@ def test_a_bad_reference_names_the_file_and_the_record(slices, tmp_path, capsys)
 @pytest.mark.parametrize("extra, message", [
     (["--model", "m"], "--model apply to running the model, which --no-model leaves out"),
     (["--summary", "s.json"], "leave out --per-sequence and --summary"),
+    (["--on-missing", "skip"], "--on-missing apply to --predictions"),
 ])
 def test_options_that_do_not_fit_a_report(slices, tmp_path, capsys, extra, message):
     from protrna.cli import main

@@ -372,7 +372,8 @@ def add_parser(subparsers) -> None:
         "against a reference set, with the original protocol: strict and shifted F1, MCC, "
         "precision, recall, accuracy, as means over sequences.",
         epilog="examples: protrna evaluate --reference TS0.dbn --per-sequence ts0.tsv --summary ts0.json\n"
-        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold",
+        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold\n"
+        "          protrna evaluate --reference TS0.dbn bpRNA-new.dbn --baseline rnafold eternafold --report out/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--reference", required=True, type=Path, nargs="+",

@@ -29,7 +29,6 @@ import math
 import os
 import platform
 import re
-import sys
 import time
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
@@ -650,6 +649,27 @@ def format_text_table(report: Mapping) -> str:
 # --- command line (protrna evaluate --report) ------------------------------------------------
 
 
+def command_line(args) -> str:
+    """The ``protrna evaluate --report`` command that gives this report, rebuilt from the parsed
+    options (so that it is the same whether the job ran from a shell or from Python)."""
+    parts = ["protrna evaluate", "--report", str(args.report), "--reference", *map(str, args.reference)]
+    if args.baseline:
+        parts += ["--baseline", *dict.fromkeys(args.baseline)]
+    if args.predictions:
+        parts += ["--predictions", *args.predictions]
+    for flag, value, default in (("--on-missing", args.on_missing, "error"),
+                                 ("--on-sequence-mismatch", args.on_sequence_mismatch, "error"),
+                                 ("--limit", args.limit, None)):
+        if value != default:
+            parts += [flag, str(value)]
+    if args.no_model:
+        parts.append("--no-model")
+    for name in ("model", "head", "threshold", "dtype", "device"):
+        if getattr(args, name) is not None:
+            parts += [f"--{name}", str(getattr(args, name))]
+    return " ".join(parts)
+
+
 def run_from_args(args) -> int:
     """``protrna evaluate --report DIR``: the predictors and sets named on the command line."""
     from .structure import check_threshold
@@ -679,7 +699,13 @@ def run_from_args(args) -> int:
         predictors.insert(0, ModelPredictor(predictor, args.threshold))
     if not predictors:
         raise ValueError("--no-model leaves no predictor: add --baseline or --predictions")
-    command = "protrna evaluate " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "protrna evaluate (from Python)"
+    if not args.predictions:
+        unused = [flag for flag, value in (("--on-missing", args.on_missing),
+                                           ("--on-sequence-mismatch", args.on_sequence_mismatch)) if value != "error"]
+        if unused:
+            raise ValueError(f"{', '.join(unused)} apply to --predictions; the model and the baselines predict "
+                             "every reference")
+    command = command_line(args)
     report = build_report(sets, predictors, args.report, on_missing=args.on_missing,
                           on_sequence_mismatch=args.on_sequence_mismatch, progress=not args.quiet, command=command)
     print(format_text_table(report))
