@@ -28,6 +28,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from .baselines import BASELINES
 from .metrics import METRICS, mean_scores, score
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
@@ -369,15 +370,17 @@ def add_parser(subparsers) -> None:
         "against a reference set, with the original protocol: strict and shifted F1, MCC, "
         "precision, recall, accuracy, as means over sequences.",
         epilog="examples: protrna evaluate --reference TS0.dbn --per-sequence ts0.tsv --summary ts0.json\n"
-        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold",
+        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold\n"
+        "          protrna evaluate --reference TS0.dbn bpRNA-new.dbn --baseline rnafold eternafold --report out/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--reference", required=True, type=Path,
-                        help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them")
+    parser.add_argument("--reference", required=True, type=Path, nargs="+",
+                        help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them (several with --report)")
     scored = parser.add_argument_group("scoring given structures (instead of running the model)")
-    scored.add_argument("--predictions", type=Path,
+    scored.add_argument("--predictions", nargs="+",
                         help="structures to score: 3-line .dbn (protrna fold, RNAfold, MXfold2 ...; energies "
-                        "after the structure are ignored), a .bpseq/.ct file or a folder of them")
+                        "after the structure are ignored), a .bpseq/.ct file or a folder of them (with --report: "
+                        "several, each PATH or NAME=PATH, scored beside the model and the baselines)")
     scored.add_argument("--on-missing", choices=["error", "skip", "empty"], default="error",
                         help="a reference id without prediction: stop (default), leave it out, or score it as "
                         "no pairs")
@@ -392,8 +395,15 @@ def add_parser(subparsers) -> None:
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="compute dtype (default: float32, the closest to the original)")
     model.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    parser.add_argument("--baseline", nargs="+", default=[], choices=["rnafold"],
-                        help="also score RNAfold (needs pip install 'protrna[rnafold]') on the same sequences")
+    parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES),
+                        help="also score classical folders on the same sequences: rnafold, linearfold-v, eternafold "
+                        "(pip install 'protrna[baselines]'; see protrna.baselines)")
+    report = parser.add_argument_group("one report of several sets and predictors (protrna.report)")
+    report.add_argument("--report", type=Path, default=None,
+                        help="folder for report.md, report.json, f1_by_length.png and per-sequence tables of every "
+                        "predictor on every --reference; a rerun resumes")
+    report.add_argument("--no-model", action="store_true",
+                        help="with --report: leave ProtRNA out, score only --baseline and --predictions")
     parser.add_argument("--limit", type=int, default=None, help="only the first N reference records")
     parser.add_argument("--per-sequence", type=Path,
                         help="TSV of per-sequence scores (with a model: also where an interrupted run resumes)")
@@ -430,11 +440,19 @@ def _check_options(args) -> None:
 
 
 def _run(args) -> int:
-    _check_options(args)
-    if "rnafold" in args.baseline:
-        from .baselines import require_vienna
+    if args.report is not None:  # several sets and predictors: protrna.report
+        from .report import run_from_args
 
-        require_vienna()  # before any work, not after the model has run
+        return run_from_args(args)
+    if len(args.reference) > 1 or len(args.predictions or []) > 1 or args.no_model:
+        raise ValueError("several --reference or --predictions files, and --no-model, need --report DIR")
+    args.reference = args.reference[0]
+    args.predictions = Path(args.predictions[0]) if args.predictions else None
+    _check_options(args)
+    from .baselines import require_baseline
+
+    for key in args.baseline:
+        require_baseline(key)  # before any work, not after the model has run
     for output in (args.per_sequence, args.summary):
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -464,11 +482,12 @@ def _run(args) -> int:
                       "head": getattr(predictor.head, "source", head), "dtype": dtype},
         )
     evaluations = [main]
-    if "rnafold" in args.baseline:
-        from .baselines import rnafold_records
+    for key in dict.fromkeys(args.baseline):
+        from .baselines import baseline_records
 
-        evaluations.append(score_predictions(references, list(rnafold_records(references)), predictor="RNAfold",
-                                             settings={**common, "baseline": "ViennaRNA RNAfold, default parameters"}))
+        evaluations.append(score_predictions(references, list(baseline_records(key, references)),
+                                             predictor=BASELINES[key].name,
+                                             settings={**common, "baseline": BASELINES[key].method}))
     print(format_table(evaluations))
     if args.per_sequence is not None:
         write_scores_tsv(main, args.per_sequence)

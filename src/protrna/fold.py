@@ -5,6 +5,8 @@ model runs in 510-nt windows where needed (as in ``protrna embed``) and the head
 RNA at once. :func:`fold_fasta` writes, into an output directory::
 
     predictions.dbn      3-line records (>id, sequence, dot-bracket), input order
+    confidence.tsv       per record: predicted pairs, expected precision / recall / F1 and mean
+                         pairing probability from the pair probabilities (protrna.confidence)
     <id>.bpseq, <id>.ct  with --format bpseq / ct (ids made file-safe)
     <id>.npy             with --probabilities: the (L, L) float32 pair-probability map
     <id>.png             with --plot: probability map with the predicted pairs, and an arc diagram
@@ -197,13 +199,17 @@ def fold_fasta(
     if done:
         log.info("resuming: %d of %d records already folded", len(done), len(valid))
 
-    with open(partial, "a", encoding="utf-8") as sink, tqdm(
+    from .confidence import ConfidenceTable
+
+    confidence = ConfidenceTable(output_dir)
+    with confidence, open(partial, "a", encoding="utf-8") as sink, tqdm(
         total=len(valid), initial=len(done), unit="seq", desc="fold", disable=not progress, dynamic_ncols=True
     ) as bar:
         for result in predictor.predict(valid, skip=finished):
             pairs = resolve_conflicts(result.probabilities, threshold, sequence=result.sequence,
                                       canonical_only=canonical_only, min_hairpin=min_hairpin, method=resolve)
             record = StructureRecord(result.id, result.sequence, pairs)
+            confidence.add(record.id, result.probabilities, pairs)  # before the record is marked done
             _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
                                 probabilities, plot, threshold)
             # One write per record, flushed: a kill can tear at most the last record.
@@ -217,6 +223,7 @@ def fold_fasta(
     temporary.write_text(ordered, encoding="utf-8")
     os.replace(temporary, final)
     partial.unlink()
+    confidence.finish([i for i, _ in valid])
     log.info("wrote %s (%d structures)", final, len(valid))
     return final
 
