@@ -34,8 +34,10 @@ from tqdm.auto import tqdm
 from . import __version__
 from .alphabet import MAX_RESIDUES
 from .data.fasta import FastaRecord, input_path
-from .data.records import InvalidRecordError, checked_records, records_digest, valid_records
+from .data.records import InvalidRecordError, checked_records, valid_records
+from .digest import records_digest
 from .model import ProtRNA
+from .runtime.store import allocate_dataset
 from .runtime import (
     DEFAULT_MODEL,
     DEFAULT_OVERLAP,
@@ -131,8 +133,8 @@ class EmbeddingStore:
         rows = {"mean": len(index.ids), "per_tok": int(index.offsets[-1]), "bos": len(index.ids)}
         for kind in include:
             for layer in layers:
-                _allocate(h5, f"{kind}/{layer}", (rows[kind], dim))
-        _allocate(h5, "done", (len(index.ids),), dtype=np.uint8)
+                allocate_dataset(h5, f"{kind}/{layer}", (rows[kind], dim))
+        allocate_dataset(h5, "done", (len(index.ids),), dtype=np.uint8)
         for key, value in settings.items():
             h5.attrs[key] = value
         h5.attrs["layers"] = np.asarray(layers, dtype=np.int64)
@@ -222,14 +224,6 @@ def _plain(value):
     if isinstance(value, (np.generic,)):
         return value.item()
     return value
-
-
-def _allocate(h5: h5py.File, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
-    """A contiguous dataset whose space is reserved now, so later writes touch no metadata."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    h5.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
 
 
 def embed_fasta(

@@ -412,7 +412,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _predictor_name(path: Path) -> str:
+def predictor_name(path: Path) -> str:
     """``mine`` for ``mine.dbn``, ``mine.dbn.gz`` or a folder ``mine/`` (``.`` included)."""
     name = path.resolve().name
     if path.is_dir():
@@ -465,7 +465,7 @@ def _run(args) -> int:
             left_out = {record.id for record in every_reference[len(references):]}
             predictions = [record for record in predictions if record.id not in left_out]
         main = score_predictions(
-            references, predictions, predictor=_predictor_name(args.predictions),
+            references, predictions, predictor=predictor_name(args.predictions),
             on_missing=args.on_missing, on_sequence_mismatch=args.on_sequence_mismatch,
             settings={**common, "predictions": str(args.predictions)},
         )

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data.fasta import input_path
-from .data.records import InvalidRecordError, records_digest, valid_records
+from .data.records import InvalidRecordError, valid_records
+from .digest import records_digest
 from .heads.ss import RotaFormer
 from .model import ProtRNA
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor

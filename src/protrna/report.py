@@ -181,10 +181,10 @@ class FilePredictor(Predictor):
     cached = False  # reading and scoring a file is quick, and the file may have changed
 
     def __init__(self, path: str | Path, name: str | None = None):
-        from .evaluate import _predictor_name, read_predictions
+        from .evaluate import predictor_name, read_predictions
 
         self.path = Path(path)
-        self.name = name or _predictor_name(self.path)
+        self.name = name or predictor_name(self.path)
         self.method = f"structures from {self.path}"
         self.records = read_predictions(self.path)
         by_id: dict[str, StructureRecord] = {}
@@ -691,10 +691,9 @@ def run_from_args(args) -> int:
         predictors.append(FilePredictor(path, name))
     sets = read_sets(args.reference, args.limit)
     if not args.no_model:
-        from .evaluate import _DEFAULT_HEAD, _DEFAULT_MODEL
-        from .fold import load_predictor
+        from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 
-        model, head = args.model or _DEFAULT_MODEL, args.head or _DEFAULT_HEAD
+        model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
         predictor = load_predictor(model, head, dtype=args.dtype or "float32", device=args.device)
         predictors.insert(0, ModelPredictor(predictor, args.threshold))
     if not predictors:

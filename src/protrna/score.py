@@ -26,7 +26,7 @@ Definitions (natural logarithms; log-probabilities are ``log_softmax`` over the 
   passes as the PLL, which the saturation file holds too.
 
 **Long RNAs.** The model sees at most 510 nt at once; longer RNAs are covered by the overlapping
-windows of ``protrna embed`` (:func:`protrna.inference.plan_windows`: 510 nt, overlap 128 by
+windows of ``protrna embed`` (:func:`protrna.runtime.plan_windows`: 510 nt, overlap 128 by
 default), each with its own BOS and EOS. A masked pass runs on one window that contains the masked
 positions: of the planned windows that contain them all, the one where they are most central
 (largest distance to the nearer window end; the earlier window on a tie); positions further apart
@@ -65,11 +65,13 @@ from . import __version__
 from .alphabet import Alphabet, encode_rna
 from .cpu import pack_for_cpu_inference
 from .data.fasta import input_path
-from .data.records import InvalidRecordError, records_digest, valid_records
+from .data.records import InvalidRecordError, valid_records
+from .digest import records_digest
 
 # Shared job machinery (moving to protrna.runtime): imported here only.
-from .embed import DEFAULT_MODEL, prepare_model, token_budget
-from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, make_batches, plan_windows
+from .alphabet import MAX_RESIDUES
+from .data.batching import same_cost, sorted_batches
+from .runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, plan_windows, prepare_model, token_budget
 from .model import ProtRNA
 
 log = logging.getLogger(__name__)
@@ -298,7 +300,7 @@ class MaskedScorer:
         """Yield ``(i, log_probs)`` for each ``passes[i]`` as its batch finishes: ``log_probs`` is
         (len(read), 4) float64, columns A C G U. ``on_batch(n)`` is called after each batch of n."""
         sizes = [p.end - p.start + 2 for p in passes]
-        for batch in make_batches(sizes, self.max_tokens):
+        for batch in sorted_batches(sizes, max_cost=self.max_tokens, cost=same_cost, longest_first=True):
             token_lists = []
             for i in batch:
                 p = passes[i]

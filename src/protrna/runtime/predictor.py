@@ -107,14 +107,12 @@ class StructurePredictor:
         layer = self.lm.num_layers
         width = max(e.length for e in encoded)
         device, dtype = self.head_device_dtype()
-        # The head reads nucleotides at [1:L+1]; BOS/EOS slots stay zero (it never looks at them).
-        reps = torch.zeros(len(encoded), width + 2, self.lm.embed_dim, device=device, dtype=dtype)
+        x = torch.zeros(len(encoded), width, self.lm.embed_dim, device=device, dtype=dtype)  # (B, L, D)
         for row, e in enumerate(encoded):
-            reps[row, 1 : e.length + 1] = e.per_token[layer].to(device=device, dtype=dtype)
+            x[row, : e.length] = e.per_token[layer].to(device=device, dtype=dtype)
         lengths = torch.tensor([e.length for e in encoded], device=device)
-        logits = self.head(reps, lengths=lengths)
-        if logits.dim() == 2:
-            logits = logits[None]
+        mask = None if bool((lengths == width).all()) else torch.arange(width, device=device)[None] < lengths[:, None]
+        logits = self.head.pair_logits(x, mask)  # (B, L, L)
         logits = logits.float().cpu().numpy()  # the one trip to the host
         return [sigmoid(logits[row, : e.length, : e.length]).astype(np.float32) for row, e in enumerate(encoded)]
 

@@ -51,10 +51,11 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..alphabet import Alphabet, encode_rna
+from ..digest import tensors_digest
 from ..alphabet import MAX_RESIDUES
 from ..cpu import pack_for_cpu_inference
-from ..embed import _allocate
 from ..runtime import DEFAULT_OVERLAP, WindowedEncoder, token_budget
+from ..runtime.store import allocate_dataset
 from ..model import ProtRNA
 from .checkpoint import latest_checkpoint
 
@@ -81,12 +82,7 @@ def lm_fingerprint(lm: ProtRNA) -> str:
     """
     if getattr(lm, "packed_for_cpu", False):
         raise ValueError("fingerprint the language model before packing it for CPU inference")
-    digest = hashlib.sha256()
-    for name, tensor in sorted(lm.lm.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    return tensors_digest(lm.lm.state_dict().items())
 
 
 def check_resume_fingerprint(output_dir: str | Path, resume: bool, fingerprint: str) -> None:
@@ -313,7 +309,7 @@ def _open_partial(
     storage = _NUMPY_STORAGE[settings.storage_dtype]
     rows = {"per_tok": int(offsets[-1]), "mean": len(lengths), "bos": len(lengths)}
     for kind in settings.kinds:
-        _allocate(h5, kind, (rows[kind], dim), dtype=storage)
+        allocate_dataset(h5, kind, (rows[kind], dim), dtype=storage)
     done = h5.create_dataset("done", shape=(len(lengths),), dtype=np.uint8)
     done[:] = 0
     h5.attrs.update({

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import functools
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -44,6 +43,7 @@ from torch import nn
 
 from .. import __version__
 from ..alphabet import encode_rna
+from ..digest import tensors_digest
 from ..data.batching import pair_cost, sorted_batches
 from ..data.buckets import LengthBucketBatches, MappedBatches
 from ..data.records import InvalidRecordError
@@ -220,13 +220,6 @@ def select_threshold(
     return pick_threshold(grid, mean), mean
 
 
-def _weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
 class StructureValidation:
     """Validation loss and threshold choice, split over processes like
     :func:`~protrna.train.loop.evaluate_loss` (every process runs the same number of forwards).
@@ -279,13 +272,13 @@ class StructureValidation:
         self.last = {
             "result": result,
             "mean_f1_by_threshold": dict(zip(map(str, self.grid), mean_f1.tolist())),
-            "digest": _weights_digest(accelerator.unwrap_model(model)),
+            "digest": tensors_digest(accelerator.unwrap_model(model).state_dict().items()),
         }
         return result
 
     def final(self, model: nn.Module) -> dict:
         """The evaluation of the weights as they are now (the last one, if they have not changed)."""
-        if self.last is None or self.last["digest"] != _weights_digest(self.accelerator.unwrap_model(model)):
+        if self.last is None or self.last["digest"] != tensors_digest(self.accelerator.unwrap_model(model).state_dict().items()):
             model.eval()
             self(model)
         return self.last
