@@ -1,1 +1,0 @@
-"""Fused CPU kernels for the RotaFormer head (placeholder until Part B lands)."""
