@@ -163,7 +163,7 @@ def flags():
 
 before = flags()
 import protrna, protrna.heads.ss, protrna.heads.rotaformer, protrna.execution, protrna.cpu
-import protrna.weights.keras_ss_head, protrna.pretrained, protrna.kernels
+import protrna.weights.keras_ss_head, protrna.pretrained, protrna.runtime, protrna.fold, protrna.embed
 after = flags()
 probes = {
     "onednn_available": protrna.cpu.onednn_available.cache_info().currsize,
