@@ -293,6 +293,21 @@ class MaskedScorer:
             read.setdefault(self.window_for(length, (position,)), []).append(position)
         return [_Pass(key, start, end, (), tuple(positions)) for (start, end), positions in read.items()]
 
+    def masked_log_probs(self, sequence: str, positions: Sequence[int] | None = None) -> np.ndarray:
+        """``(len(positions), 4)`` log-probabilities of A C G U at each position (0-based; default
+        all) with that position alone masked: the passes behind the PLL and saturation tables.
+
+        >>> from protrna import ProtRNAConfig
+        >>> model = ProtRNA(ProtRNAConfig(num_layers=1, embed_dim=64, attention_heads=1))
+        >>> MaskedScorer(model).masked_log_probs("GGAC", [0, 3]).shape
+        (2, 4)
+        """
+        ids = encode_rna(sequence)
+        positions = range(len(ids)) if positions is None else positions
+        passes = [self.masked_pass(0, len(ids), (i,)) for i in positions]
+        found = dict(self.run({0: ids}, passes))
+        return np.concatenate([found[i] for i in range(len(passes))]) if passes else np.zeros((0, 4))
+
     def run(self, sequences: Mapping[object, list[int]], passes: Sequence[_Pass],
             on_batch: Callable[[int], None] | None = None) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(i, log_probs)`` for each ``passes[i]`` as its batch finishes: ``log_probs`` is
