@@ -117,8 +117,7 @@ def measure(variant: str, model_dir: Path, batch: int, length: int, repeats: int
         result.update(_time(step, repeats, tokens_per_batch))
     else:
         from protrna.cpu import pack_for_cpu_inference
-        from protrna.embed import prepare_model
-        from protrna.inference import WindowedEncoder
+        from protrna.runtime import WindowedEncoder, prepare_model
 
         dtype = variant.split("-")[1].replace("bf16", "bfloat16").replace("fp32", "float32")
         model = prepare_model(str(model_dir), dtype=dtype, device=device)

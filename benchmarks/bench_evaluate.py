@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_embed import build_model, hardware  # noqa: E402
 
 from protrna.evaluate import evaluate_predictor  # noqa: E402
-from protrna.fold import load_predictor  # noqa: E402
+from protrna.runtime import load_predictor  # noqa: E402
 from protrna.heads.ss import RotaFormer, RotaFormerConfig  # noqa: E402
 from protrna.structure import read_reference  # noqa: E402
 

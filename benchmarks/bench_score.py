@@ -5,7 +5,7 @@ batched under the token budget as the job batches them (every copy of one RNA ha
 length, so batches are full and the rate per pass is the same all along the RNA). For each
 ``--lengths`` value this times the masked copies of a random RNA of that length through
 :meth:`protrna.score.MaskedScorer.masked_log_probs` (the job's path: oneDNN-packed linears where the
-CPU supports the dtype, weights in ``--dtype``), after one warm-up batch, and reports:
+CPU supports the dtype, weights in ``--dtype``), after one warm-up pass, and reports:
 
 * ``passes_per_s``: masked copies (nucleotides scored) per second;
 * ``nt_forward_per_s``: nucleotides through the model per second (passes x L);
@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     from protrna import ProtRNA, ProtRNAConfig
-    from protrna.cpu import onednn_available, pack_for_cpu_inference
+    from protrna.cpu import onednn_supports, pack_for_cpu_inference
     from protrna.score import MaskedScorer
 
     torch.manual_seed(0)
@@ -75,7 +75,7 @@ def main() -> None:
         sequence = "".join(rng.choice("ACGU") for _ in range(length))
         per_batch = max(1, scorer.max_tokens // (length + 2))
         timed = length if args.positions is None else min(length, math.ceil(args.positions / per_batch) * per_batch)
-        scorer.masked_log_probs(sequence, range(per_batch))  # warm-up: one batch
+        scorer.masked_log_probs(sequence, range(1))  # warm-up: one pass
         start = time.perf_counter()
         scorer.masked_log_probs(sequence, range(timed))
         seconds = time.perf_counter() - start
@@ -89,7 +89,7 @@ def main() -> None:
         print(json.dumps(result), flush=True)
     report = {
         "hardware": hardware(), "args": vars(args), "packed_onednn": packed,
-        "onednn_bf16": onednn_available(torch.bfloat16), "max_tokens": scorer.max_tokens,
+        "onednn_bf16": onednn_supports(torch.bfloat16), "max_tokens": scorer.max_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "results": results,
     }

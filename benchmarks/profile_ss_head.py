@@ -34,6 +34,7 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from protrna import execution
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -53,31 +54,39 @@ KINDS = {
 def module_seconds(head: RotaFormer, representations: torch.Tensor, repeats: int) -> dict[str, float]:
     """Seconds per block of each update, averaged over the blocks and ``repeats`` runs."""
     totals: collections.Counter[str] = collections.Counter()
+    # Each update is one call of an execution function with the block's module first; the
+    # functions that serve two updates (outgoing / incoming, starting / ending) are told apart by
+    # the module. The transition function also runs inside each chunk of the pair transition
+    # (on worker threads): only the single transition's calls are counted under its name.
+    names = {id(module): name for block in head.blocks for name, module in block.named_children()}
+    functions = ("row_attention", "transition", "outer_product_mean", "triangle_multiplication",
+                 "triangle_attention", "pair_transition")  # fmt: skip
+    originals = {name: getattr(execution, name) for name in functions}
 
-    def timed(name: str, call):
-        def wrapper(*args, **kwargs):
+    def timed(call):
+        def wrapper(module, *args, **kwargs):
             start = time.perf_counter()
-            out = call(*args, **kwargs)
-            totals[name] += time.perf_counter() - start
+            out = call(module, *args, **kwargs)
+            name = names.get(id(module))
+            if name is not None and not (call is originals["transition"] and name == "pair_transition"):
+                totals[name] += time.perf_counter() - start
             return out
 
         return wrapper
 
-    for block in head.blocks:
-        for name, module in block.named_children():
-            # The pair transition's forward runs once per chunk (on worker threads): time the
-            # whole update instead. The others are called once per block, on this thread.
-            if name == "pair_transition":
-                module.update_pair = timed(name, module.update_pair)
-            else:
-                module.forward = timed(name, module.forward)
-    with torch.inference_mode():
-        head(representations)  # warm-up
-        totals.clear()
-        start = time.perf_counter()
-        for _ in range(repeats):
-            head(representations)
-        wall = (time.perf_counter() - start) / repeats
+    try:
+        for name in functions:
+            setattr(execution, name, timed(originals[name]))
+        with torch.inference_mode():
+            head(representations)  # warm-up
+            totals.clear()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                head(representations)
+            wall = (time.perf_counter() - start) / repeats
+    finally:
+        for name, call in originals.items():
+            setattr(execution, name, call)
     runs = repeats * len(head.blocks)
     result = {name: seconds / runs for name, seconds in totals.items()}
     result["whole head (all blocks)"] = wall

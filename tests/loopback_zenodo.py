@@ -1,9 +1,10 @@
 """A small Zenodo on 127.0.0.1 for download tests: a real HTTP server in a thread.
 
 It serves ``/records/<record>/files/<name>`` (with byte ranges, written here, since
-``http.server`` has none) and the record JSON at ``/api/records/<record>``, and records every
-request. Switches make it misbehave the way real servers do: cut a response off, ignore
-``Range``, answer an error status, or stall.
+``http.server`` has none) and the record JSON at ``/api/records/<record>``, for a main record and
+any other record that files are added to, and records every request. Switches make it misbehave
+the way real servers do: cut a response off, ignore ``Range``, answer an error status, or stall.
+An unknown record is a 404, as on Zenodo.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class LoopbackZenodo:
     def __init__(self, record: str = "13888473"):
-        self.record = record
-        self.files: dict[str, bytes] = {}
-        self.published_md5: dict[str, str] = {}
+        self.record = record  # the main record
+        self.records: dict[str, dict[str, bytes]] = {record: {}}
+        self.published_md5: dict[tuple[str, str], str] = {}  # (record, name) -> md5
         self.requests: list[dict] = []  # {"path": ..., "range": header or None}
         self.cut_after: int | None = None  # next file response: send this many bytes, then hang up
         self.ignore_range = False
@@ -28,29 +29,37 @@ class LoopbackZenodo:
         self.stall: float = 0.0  # next file response waits this long before sending anything
         self._server: _Server | None = None
 
-    def add(self, name: str, data: bytes, md5: str | None = None) -> None:
-        """Serve ``data`` as ``name``; ``md5`` overrides the checksum the record publishes."""
-        self.files[name] = data
-        self.published_md5[name] = md5 or hashlib.md5(data).hexdigest()
+    @property
+    def files(self) -> dict[str, bytes]:
+        """The main record's files."""
+        return self.records[self.record]
+
+    def add(self, name: str, data: bytes, md5: str | None = None, record: str | None = None) -> None:
+        """Serve ``data`` as ``name`` in ``record`` (the main one by default); ``md5`` overrides the
+        checksum the record publishes."""
+        record = record or self.record
+        self.records.setdefault(record, {})[name] = data
+        self.published_md5[(record, name)] = md5 or hashlib.md5(data).hexdigest()
 
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
-    def record_json(self) -> dict:
+    def record_json(self, record: str | None = None) -> dict:
+        record = record or self.record
         return {
-            "id": int(self.record),
+            "id": int(record),
             "metadata": {"title": "ProtRNA weights (loopback copy)"},
             "files": [
                 {
                     "id": hashlib.md5(name.encode()).hexdigest(),
                     "key": name,
                     "size": len(data),
-                    "checksum": f"md5:{self.published_md5[name]}",
-                    "links": {"self": f"{self.url}/api/records/{self.record}/files/{name}/content"},
+                    "checksum": f"md5:{self.published_md5[(record, name)]}",
+                    "links": {"self": f"{self.url}/api/records/{record}/files/{name}/content"},
                 }
-                for name, data in self.files.items()
+                for name, data in self.records[record].items()
             ],
         }
 
@@ -85,17 +94,19 @@ class _Handler(BaseHTTPRequestHandler):
         zenodo: LoopbackZenodo = self.server.zenodo
         path = self.path.split("?", 1)[0]
         zenodo.requests.append({"path": path, "range": self.headers.get("Range")})
-        if path == f"/api/records/{zenodo.record}":
-            return self._send(200, json.dumps(zenodo.record_json()).encode(), "application/json")
-        match = re.fullmatch(rf"/records/{zenodo.record}/files/([^/]+)", path)
-        if not match or match.group(1) not in zenodo.files:
+        api = re.fullmatch(r"/api/records/(\d+)", path)
+        if api and api.group(1) in zenodo.records:
+            return self._send(200, json.dumps(zenodo.record_json(api.group(1))).encode(), "application/json")
+        match = re.fullmatch(r"/records/(\d+)/files/([^/]+)", path)
+        files = zenodo.records.get(match.group(1), {}) if match else {}
+        if not match or match.group(2) not in files:
             return self._send(404, b"not found", "text/plain")
         if zenodo.statuses:
             return self._send(zenodo.statuses.pop(0), b"no", "text/plain")
         if zenodo.stall:
             delay, zenodo.stall = zenodo.stall, 0.0
             time.sleep(delay)
-        data = zenodo.files[match.group(1)]
+        data = files[match.group(2)]
         ranged = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")
         if ranged and not zenodo.ignore_range:
             first = int(ranged.group(1))

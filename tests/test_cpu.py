@@ -7,15 +7,17 @@ import sys
 import pytest
 import torch
 
-from protrna.cpu import PackedLinear, onednn_available, pack_for_cpu_inference
+from protrna.cpu import PackedLinear, onednn_available, onednn_supports, pack_for_cpu_inference
 
 needs_onednn = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN linear ops")
+needs_onednn_bf16 = pytest.mark.skipif(not onednn_supports(torch.bfloat16),
+                                       reason="oneDNN has no bfloat16 linear on this CPU (AVX2 only)")  # fmt: skip
 
 
 @needs_onednn
-@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), (torch.bfloat16, 0.1)])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 2e-5), pytest.param(torch.bfloat16, 0.1, marks=needs_onednn_bf16)])
 def test_packed_model_gives_the_same_outputs_and_restores(tiny_model, dtype, atol):
-    if not onednn_available(dtype):
+    if not onednn_supports(dtype):
         pytest.skip(f"oneDNN has no {dtype} linear path on this CPU (needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT)")
     model = tiny_model.to(dtype)
     tokens = model.alphabet.get_batch_converter()(["ACGUACGGGU", "GGAUC"])
@@ -32,6 +34,15 @@ def test_packed_model_gives_the_same_outputs_and_restores(tiny_model, dtype, ato
         torch.testing.assert_close(packed["representations"][layer].float(),
                                    before["representations"][layer].float(), atol=atol, rtol=0)
     torch.testing.assert_close(after["representations"][2], before["representations"][2])
+
+
+@pytest.mark.skipif(onednn_supports(torch.bfloat16), reason="this CPU runs oneDNN's bfloat16 linear")
+def test_bfloat16_model_is_left_unpacked_where_onednn_has_no_bfloat16(tiny_model):
+    model = tiny_model.to(torch.bfloat16)
+    tokens = model.alphabet.get_batch_converter()(["ACGUACGGGU"])
+    assert pack_for_cpu_inference(model) is None and not getattr(model, "packed_for_cpu", False)
+    with torch.inference_mode():  # still runs, on PyTorch's own kernels
+        assert model(tokens, repr_layers=[2])["representations"][2].dtype == torch.bfloat16
 
 
 @needs_onednn
@@ -108,7 +119,7 @@ def test_keep_freed_memory_can_be_turned_off():
 def test_a_dtype_onednn_cannot_run_here_is_left_unpacked(tiny_model):
     model = tiny_model.to(torch.bfloat16)
     restore = pack_for_cpu_inference(model)
-    assert (restore is not None) == onednn_available(torch.bfloat16)
+    assert (restore is not None) == onednn_supports(torch.bfloat16)
     tokens = model.alphabet.get_batch_converter()(["ACGU"])
     with torch.inference_mode():
         assert model(tokens)["logits"].shape == (1, 6, 38)  # runs either way

@@ -161,7 +161,7 @@ def test_model_evaluation_follows_the_original_protocol(ts0_head, tiny_model):
     import torch
 
     from protrna.evaluate import evaluate_predictor
-    from protrna.fold import StructurePredictor
+    from protrna.runtime import StructurePredictor
     from protrna.heads.ss import RotaFormer, RotaFormerConfig
 
     torch.manual_seed(3)

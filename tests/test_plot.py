@@ -46,3 +46,21 @@ def test_arcs_run_between_one_based_positions():
     (arc,) = _arcs([(0, 4)], above=True)  # bases 1 and 5, as a bpseq file numbers them
     assert arc[0] == pytest.approx([1, 0]) and arc[-1] == pytest.approx([5, 0], abs=1e-9)
     assert arc[:, 1].max() == pytest.approx(2, abs=0.01)  # height: half the span
+
+
+def test_pairing_probability_track(record, tmp_path):
+    pytest.importorskip("RNA", reason="ViennaRNA is not installed: pip install 'protrna[rnafold]'")
+    from protrna.baselines import rnafold_probabilities
+
+    pairs, probabilities = rnafold_probabilities(record.sequence)
+    with_track = _image(plot_structure(tmp_path / "track.png", probabilities=probabilities, pred=pairs,
+                                       reference=record.pairs))
+    without = _image(plot_structure(tmp_path / "plain.png", pred=pairs, reference=record.pairs))
+    assert with_track.shape[0] > without.shape[0]  # the track adds a row under the arcs
+    # Bars are drawn dark for bases paired in the prediction: the track's region holds such pixels.
+    bottom_right = with_track[int(with_track.shape[0] * 0.78):, with_track.shape[1] // 2:, :3]
+    assert (bottom_right.mean(axis=2) < 0.25).mean() > 0.05
+    with pytest.raises(ValueError, match="lengths disagree"):
+        plot_structure(tmp_path / "x.png", pred=pairs, pairing=np.ones(len(record) + 1))
+    # The head's independent sigmoids can sum past 1 per base: the axis grows instead of clipping.
+    _image(plot_structure(tmp_path / "over.png", pred=pairs, pairing=np.full(len(record), 1.7)))

@@ -7,14 +7,18 @@ import hashlib
 import json
 import shutil
 import time
+from pathlib import Path
 
+import h5py
 import pytest
 import torch
 
 from protrna import ProtRNA, load_pretrained_model
+from protrna.heads.ss import RotaFormer
 from protrna.pretrained import SOURCE_FILE, convert_h5, h5_kind, official_model_dir
 from protrna.weights.download import ChecksumError, DownloadError, OfflineError
 from protrna.weights.keras_h5 import KerasFormatError, load_lm_h5
+from protrna.weights.keras_ss_head import load_ss_head_h5
 from protrna.weights.registry import OFFICIAL_WEIGHTS, cache_root, record_json_path
 from tests.loopback_zenodo import LoopbackZenodo
 
@@ -61,12 +65,9 @@ def test_official_lm_is_downloaded_converted_and_then_loaded_offline(zenodo, par
 
 
 def test_official_head_is_downloaded_converted_and_then_loaded_offline(zenodo, parity_dir):
-    # Written against the agreed API of protrna.heads.ss / protrna.weights.keras_ss_head.
-    pytest.importorskip("protrna.heads.ss")
-    keras_ss_head = pytest.importorskip("protrna.weights.keras_ss_head")
     head = load_pretrained_model("ssHead_RF_bprna", progress=False)
     assert type(head).__name__ == "RotaFormer" and not head.training
-    direct = keras_ss_head.load_ss_head_h5(parity_dir / "sshead_tiny.h5").state_dict()
+    direct = load_ss_head_h5(parity_dir / "sshead_tiny.h5").state_dict()
     loaded = head.state_dict()
     assert loaded.keys() == direct.keys()
     for name, tensor in direct.items():
@@ -183,7 +184,6 @@ def test_lm_h5_path_is_recognised_and_loaded(parity_dir):
 
 
 def test_head_h5_path_is_recognised(parity_dir):
-    pytest.importorskip("protrna.weights.keras_ss_head")
     head = load_pretrained_model(parity_dir / "sshead_tiny.h5")
     assert type(head).__name__ == "RotaFormer"
 
@@ -217,8 +217,7 @@ def test_original_keyword_dtype_names_and_file_name_hint(parity_dir, tmp_path):
 
 
 def test_a_head_directory_is_not_a_language_model(tmp_path):
-    from protrna.heads.ss import RotaFormer, RotaFormerConfig
-    from protrna.model import ProtRNA
+    from protrna.heads.ss import RotaFormerConfig
 
     RotaFormer(RotaFormerConfig(input_dim=8, num_blocks=1)).save_pretrained(tmp_path / "head")
     with pytest.raises(ValueError, match="not a ProtRNA language model"):
@@ -249,8 +248,6 @@ def test_a_damaged_or_wrong_file_in_the_cache_says_how_to_fix_it(parity_dir):
 
 @pytest.mark.parametrize("make", ["missing", "text_file", "foreign_dir", "no_config", "other_h5"])
 def test_anything_else_is_refused_listing_the_accepted_forms(make, tmp_path):
-    import h5py
-
     target = tmp_path / "thing"
     if make == "text_file":
         target.write_text("ACGU\n")
@@ -281,3 +278,114 @@ def closed_port() -> int:
 def test_h5_kind_tells_language_model_from_head(parity_dir):
     assert h5_kind(parity_dir / "lm_tiny.h5") == "lm"
     assert h5_kind(parity_dir / "sshead_tiny.h5") == "ss_head"
+
+
+# ---- the RnaBench heads -----------------------------------------------------------------
+
+#: The defaults of the original's test_downstream_ss_rnabench.py, each the best of its sweep.
+RNABENCH_THRESHOLDS = {
+    "ssHead_RF_rnabench_bprna": 0.29,
+    "ssHead_RF_rnabench_intra": 0.21,
+    "ssHead_RF_rnabench_inter": 0.14,
+}
+
+
+def head_variant(source: Path, target: Path, shift: float) -> Path:
+    """A copy of a head file, in the same layout, whose output bias is moved by ``shift``: each
+    name then has logits of its own, so a name served the wrong file would be noticed."""
+    shutil.copy(source, target)
+    with h5py.File(target, "a") as h5:
+        conv = h5["conv2d"]
+        (bias,) = [str(n) for n in conv.attrs["weight_names"] if str(n).endswith("bias:0")]
+        conv[bias][...] = conv[bias][...] + shift
+    return target
+
+
+def head_logits(head: RotaFormer) -> torch.Tensor:
+    representations = torch.randn(1, 14, head.config.input_dim, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        return head(representations)
+
+
+def serve(server: LoopbackZenodo, monkeypatch) -> LoopbackZenodo:
+    server.start()
+    monkeypatch.setenv("PROTRNA_ZENODO_URL", server.url)
+    monkeypatch.delenv("PROTRNA_OFFLINE")
+    return server
+
+
+def test_rnabench_heads_load_by_name_with_their_thresholds(parity_dir, tmp_path, monkeypatch):
+    server = LoopbackZenodo("14795554")
+    files = {}
+    for shift, name in enumerate(RNABENCH_THRESHOLDS, start=1):
+        weights = OFFICIAL_WEIGHTS[name]
+        files[name] = head_variant(parity_dir / "sshead_tiny.h5", tmp_path / weights.filename, 0.5 * shift)
+        server.add(weights.filename, files[name].read_bytes())
+    serve(server, monkeypatch)
+    try:
+        heads = {name: load_pretrained_model(name, progress=False) for name in RNABENCH_THRESHOLDS}
+    finally:
+        server.stop()
+    requested = sorted(r["path"] for r in server.file_requests())
+    assert requested == sorted(f"/records/14795554/files/{OFFICIAL_WEIGHTS[n].filename}" for n in RNABENCH_THRESHOLDS)
+
+    seen = []
+    for name, threshold in RNABENCH_THRESHOLDS.items():
+        head = heads[name]
+        assert isinstance(head, RotaFormer) and not head.training
+        assert head.config.threshold == threshold
+        by_path = load_pretrained_model(files[name])
+        assert by_path.config.threshold == 0.25  # the file has no threshold; the name brings it
+        logits = head_logits(head)
+        torch.testing.assert_close(logits, head_logits(by_path), rtol=0, atol=0)
+        assert all(not torch.equal(logits, other) for other in seen)  # each name its own file
+        seen.append(logits)
+        source = json.loads((OFFICIAL_WEIGHTS[name].converted_dir / SOURCE_FILE).read_text())
+        assert source["url"].endswith(f"/records/14795554/files/{OFFICIAL_WEIGHTS[name].filename}")
+
+    # Converted once: later loads need no server, and keep the threshold.
+    again = load_pretrained_model("ssHead_RF_rnabench_inter", progress=False)
+    assert again.config.threshold == 0.14
+
+
+def test_a_head_its_record_does_not_list_comes_from_the_next_record(parity_dir, monkeypatch):
+    weights = OFFICIAL_WEIGHTS["ssHead_RF_rnabench_intra"]
+    server = LoopbackZenodo(weights.record)
+    server.add("data_ss.zip", b"PK\x05\x06" + bytes(18))  # what 14795554 holds per the original's prepare_data.sh
+    server.add(weights.filename, (parity_dir / "sshead_tiny.h5").read_bytes(), record="13888473")
+    serve(server, monkeypatch)
+    try:
+        head = load_pretrained_model(weights.name, progress=False)
+    finally:
+        server.stop()
+    assert head.config.threshold == 0.21
+    assert [r["path"] for r in server.file_requests()] == [f"/records/13888473/files/{weights.filename}"]
+    assert record_json_path("14795554").is_file() and record_json_path("13888473").is_file()
+    source = json.loads((weights.converted_dir / SOURCE_FILE).read_text())
+    assert "/records/13888473/" in source["url"]
+
+
+def test_a_head_no_record_lists_is_an_error_naming_what_each_has(parity_dir, monkeypatch):
+    server = LoopbackZenodo("14795554")
+    server.add("data_ss.zip", b"zip")
+    server.add("ProtRNA_pretrained.h5", b"h5", record="13888473")
+    serve(server, monkeypatch)
+    try:
+        with pytest.raises(DownloadError) as raised:
+            load_pretrained_model("ssHead_RF_rnabench_inter", progress=False)
+    finally:
+        server.stop()
+    assert str(raised.value) == (
+        "no Zenodo record of ssHead_RF_rnabench_inter (14795554, 13888473) lists "
+        "ssHead_RF_rnabench_inter.h5: 14795554 has data_ss.zip; 13888473 has ProtRNA_pretrained.h5"
+    )
+    assert server.file_requests() == []
+    assert not OFFICIAL_WEIGHTS["ssHead_RF_rnabench_inter"].converted_dir.exists()
+
+
+def test_offline_advice_for_a_head_names_every_record_it_may_be_in():
+    with pytest.raises(OfflineError) as raised:
+        load_pretrained_model("ssHead_RF_rnabench_bprna")
+    message = str(raised.value)
+    assert "/records/14795554/files/ssHead_RF_rnabench_bprna.h5" in message
+    assert "/records/13888473/files/ssHead_RF_rnabench_bprna.h5" in message

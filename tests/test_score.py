@@ -17,7 +17,7 @@ import torch
 from protrna import ProtRNA, ProtRNAConfig
 from protrna.alphabet import Alphabet
 from protrna.cli import main
-from protrna.inference import plan_windows
+from protrna.runtime import plan_windows
 from protrna.score import (
     MaskedScorer,
     dinucleotide_shuffle,

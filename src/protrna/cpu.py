@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import sys
@@ -26,17 +27,39 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def onednn_available(dtype: torch.dtype = torch.float32) -> bool:
-    """Whether this PyTorch build has the oneDNN linear ops used here (CPU builds for x86 do), in
-    ``dtype``: its bfloat16 path also needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT in the CPU."""
+@functools.cache
+def onednn_available() -> bool:
+    """Whether this PyTorch build has the oneDNN linear ops used here (CPU builds for x86 do):
+    packed and plain weights, with an activation or a product. Probed once, on first use."""
     if not torch.backends.mkldnn.is_available():
         return False
     try:
-        weight = torch.ops.mkldnn._reorder_linear_weight(torch.ones(2, 2, dtype=dtype), 1)
-        torch.ops.mkldnn._linear_pointwise(torch.ones(1, 2, dtype=dtype), weight, None, "none", [], "")
+        x, plain = torch.ones(1, 2), torch.ones(2, 2)
+        torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(plain, 1), None, "none", [], "")
+        torch.ops.mkldnn._linear_pointwise(x, plain, None, "sigmoid", [], "")
+        torch.ops.mkldnn._linear_pointwise.binary(x, torch.ones(1, 2), plain, None, "mul")
     except (AttributeError, RuntimeError):
         return False
     return True
+
+
+def onednn_supports(dtype: torch.dtype) -> bool:
+    """Whether oneDNN's linear ops run ``dtype`` on this CPU: float32 wherever they exist,
+    bfloat16 only with AVX512-BF16 / AVX512BW or AVX-NE-CONVERT (on an AVX2-only CPU such as
+    AMD Zen 3 oneDNN refuses bfloat16 and PyTorch's own kernels run it, ~10x slower than float32)."""
+    if dtype == torch.float32:
+        return onednn_available()
+    if dtype == torch.bfloat16:
+        return onednn_available() and _onednn_bfloat16()
+    return False
+
+
+@functools.cache
+def _onednn_bfloat16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 class PackedLinear(nn.Module):
@@ -86,11 +109,12 @@ def pack_for_cpu_inference(model, rows_hint: int = 1536) -> Callable[[], None] |
 
     Call after the model has its final dtype (float32 or bfloat16), for inference only. Returns
     a function that puts the original layers back (drop it to free them), or ``None`` where
-    oneDNN is not usable and the model was left as it was.
+    oneDNN is not usable (or has no kernel for the model's dtype on this CPU) and the model was
+    left as it was.
     """
     if model.device.type != "cpu" or model.dtype not in (torch.float32, torch.bfloat16):
         return None
-    if getattr(model, "packed_for_cpu", False) or not onednn_available(model.dtype):
+    if getattr(model, "packed_for_cpu", False) or not onednn_supports(model.dtype):
         return None
     swapped: list[tuple[nn.Module, str, nn.Module]] = []
 

@@ -29,20 +29,28 @@ from typing import Iterable, Iterator, Sequence
 
 import h5py
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cpu import pack_for_cpu_inference
+from .alphabet import MAX_RESIDUES
 from .data.fasta import FastaRecord, input_path
-from .data.records import InvalidRecordError, checked_records, records_digest, valid_records
-from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder, plan_windows
+from .data.records import InvalidRecordError, checked_records, valid_records
+from .digest import records_digest
 from .model import ProtRNA
+from .runtime.store import allocate_dataset
+from .runtime import (
+    DEFAULT_MODEL,
+    DEFAULT_OVERLAP,
+    WindowedEncoder,
+    pack_if_owned,
+    plan_windows,
+    prepare_model,
+    token_budget,
+)
 
 log = logging.getLogger(__name__)
 
 INCLUDE_CHOICES = ("mean", "per_tok", "bos")
-DEFAULT_MODEL = "ProtRNA_pretrained"
 #: Records read, sorted and batched together; bounds memory on very large files.
 CHUNK_RECORDS = 20_000
 
@@ -125,8 +133,8 @@ class EmbeddingStore:
         rows = {"mean": len(index.ids), "per_tok": int(index.offsets[-1]), "bos": len(index.ids)}
         for kind in include:
             for layer in layers:
-                _allocate(h5, f"{kind}/{layer}", (rows[kind], dim))
-        _allocate(h5, "done", (len(index.ids),), dtype=np.uint8)
+                allocate_dataset(h5, f"{kind}/{layer}", (rows[kind], dim))
+        allocate_dataset(h5, "done", (len(index.ids),), dtype=np.uint8)
         for key, value in settings.items():
             h5.attrs[key] = value
         h5.attrs["layers"] = np.asarray(layers, dtype=np.int64)
@@ -174,11 +182,11 @@ class EmbeddingStore:
     def write(self, index: int, offsets: np.ndarray, encoded, include: list[str]) -> None:
         for layer, values in encoded.per_token.items():
             if "per_tok" in include:
-                self.h5[f"per_tok/{layer}"][offsets[index] : offsets[index + 1]] = values.numpy()
+                self.h5[f"per_tok/{layer}"][offsets[index] : offsets[index + 1]] = values.cpu().numpy()
             if "mean" in include:
-                self.h5[f"mean/{layer}"][index] = values.mean(0).numpy()
+                self.h5[f"mean/{layer}"][index] = values.mean(0).cpu().numpy()
             if "bos" in include:
-                self.h5[f"bos/{layer}"][index] = encoded.bos[layer].numpy()
+                self.h5[f"bos/{layer}"][index] = encoded.bos[layer].cpu().numpy()
 
     def mark_done(self, indices: Iterable[int]) -> None:
         # Data first, then the flags: a record is marked only once its rows are on disk.
@@ -216,14 +224,6 @@ def _plain(value):
     if isinstance(value, (np.generic,)):
         return value.item()
     return value
-
-
-def _allocate(h5: h5py.File, name: str, shape: tuple[int, ...], dtype=np.float32) -> None:
-    """A contiguous dataset whose space is reserved now, so later writes touch no metadata."""
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
-    h5.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl)
 
 
 def embed_fasta(
@@ -269,9 +269,7 @@ def embed_fasta(
     layers = resolve_layers(layers, model.num_layers)
     max_tokens = token_budget(max_tokens, model.device)
     # A model we loaded is ours to change for good; a caller's model gets its layers back.
-    unpack = pack_for_cpu_inference(model, rows_hint=max_tokens)
-    if owned:
-        unpack = None
+    unpack = pack_if_owned(model, owned, max_tokens)
     settings = {
         "model": getattr(model, "source", "in-memory model"),
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -309,9 +307,10 @@ def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, l
         bar = tqdm(total=len(pending), initial=int((~pending).sum()), unit="seq", disable=not progress,
                    desc="embed", dynamic_ncols=True)
         with bar:
-            for chunk_start, chunk in _pending_chunks(_records_of(fasta, index), pending):
+            for chunk_start, chunk in _chunks(_records_of(fasta, index), pending):
                 finished = []
-                for encoded in encoder.encode(chunk, first_index=chunk_start):
+                done = [i for i in range(len(chunk)) if not pending[chunk_start + i]]
+                for encoded in encoder.encode(chunk, first_index=chunk_start, skip=done):
                     store.write(encoded.index, offsets, encoded, include)
                     finished.append(encoded.index)
                     # Flag records in small groups so a kill loses little work.
@@ -331,76 +330,20 @@ def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, l
     return output
 
 
-def _pending_chunks(records: Iterator[FastaRecord], pending: np.ndarray):
-    """Chunks of ``(id, sequence)`` still to embed, each with the file index of its first entry.
-
-    Within a chunk, entries are consecutive in the file except where done records were skipped,
-    so each chunk is split at such gaps to keep ``first_index + position`` exact.
-    """
+def _chunks(records: Iterator[FastaRecord], pending: np.ndarray):
+    """Consecutive chunks of ``(id, sequence)`` with the file index of their first entry; chunks
+    with nothing pending are left out. Chunks are cut by position alone, never by what is done, so
+    a resumed run plans the very batches of an uninterrupted one."""
     chunk: list[tuple[str, str]] = []
     start = 0
     for position, record in enumerate(records):
-        if not pending[position]:
-            if chunk:
-                yield start, chunk
-                chunk = []
-            continue
-        if not chunk:
-            start = position
         chunk.append((record.id, record.sequence))
-        if len(chunk) >= CHUNK_RECORDS:
-            yield start, chunk
-            chunk = []
-    if chunk:
+        if len(chunk) == CHUNK_RECORDS:
+            if pending[start : start + len(chunk)].any():
+                yield start, chunk
+            start, chunk = position + 1, []
+    if chunk and pending[start : start + len(chunk)].any():
         yield start, chunk
-
-
-def token_budget(max_tokens: int | None, device: torch.device) -> int:
-    """``max_tokens`` (checked), or the default token budget per batch on ``device``. On CPU,
-    batches of ~1,000-1,500 tokens run fastest (larger ones fall out of the caches;
-    benchmarks/bench_embed.py); GPUs want large batches."""
-    if max_tokens is None:
-        return 16_384 if device.type == "cuda" else 1_536
-    if max_tokens < 1:
-        raise ValueError(f"--max-tokens must be at least 1, not {max_tokens}")
-    return max_tokens
-
-
-def checked_device(device: str) -> torch.device:
-    """``torch.device(device)``, with a clear error for a bad name or a device this PyTorch lacks."""
-    try:
-        target = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device (cpu, cuda, cuda:1, mps, ...)") from None
-    if target.type == "cuda" and (not torch.cuda.is_available() or (target.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"--device {device}: this PyTorch sees {torch.cuda.device_count()} CUDA devices")
-    return target
-
-
-def prepare_model(model: ProtRNA | str, dtype: str | None = None, device: str | None = None) -> ProtRNA:
-    """Load ``model`` if it is a name or path, then move it to ``device`` and cast to ``dtype``.
-
-    A loaded model goes to CUDA when present and float32 unless told otherwise; an in-memory
-    model keeps its device and dtype unless ``device`` / ``dtype`` are given (``.to`` changes the
-    caller's model in place).
-    """
-    torch_dtype = None
-    if device is not None:
-        device = checked_device(device)  # before a model of several GB is loaded
-    if dtype is not None:
-        torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
-        if torch_dtype is None:
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {dtype!r}")
-    if isinstance(model, (str, Path)):
-        from .pretrained import load_pretrained_as
-
-        model = load_pretrained_as(model, ProtRNA, "a language model")
-        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        torch_dtype = torch_dtype or torch.float32
-    target = torch.device(device) if device else model.device
-    if torch_dtype is torch.float16 and target.type == "cpu":
-        raise ValueError("float16 is for GPUs; on CPU use bfloat16")
-    return model.to(device=target, dtype=torch_dtype or model.dtype).eval()
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

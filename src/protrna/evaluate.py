@@ -28,7 +28,9 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
+from .baselines import BASELINES
 from .metrics import METRICS, mean_scores, score
+from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
@@ -244,9 +246,6 @@ def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
 
 # --- the model-driven evaluation and the command line -----------------------------------------
 
-_DEFAULT_MODEL, _DEFAULT_HEAD = "ProtRNA_pretrained", "ssHead_RF_bprna"
-
-
 # First line of a ``.partial`` TSV: what its rows were scored with, so that a rerun with another
 # threshold, model or reference starts over instead of mixing in stale rows.
 _SETTINGS_LINE = "# settings: "
@@ -371,15 +370,17 @@ def add_parser(subparsers) -> None:
         "against a reference set, with the original protocol: strict and shifted F1, MCC, "
         "precision, recall, accuracy, as means over sequences.",
         epilog="examples: protrna evaluate --reference TS0.dbn --per-sequence ts0.tsv --summary ts0.json\n"
-        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold",
+        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold\n"
+        "          protrna evaluate --reference TS0.dbn bpRNA-new.dbn --baseline rnafold eternafold --report out/",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--reference", required=True, type=Path,
-                        help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them")
+    parser.add_argument("--reference", required=True, type=Path, nargs="+",
+                        help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them (several with --report)")
     scored = parser.add_argument_group("scoring given structures (instead of running the model)")
-    scored.add_argument("--predictions", type=Path,
+    scored.add_argument("--predictions", nargs="+",
                         help="structures to score: 3-line .dbn (protrna fold, RNAfold, MXfold2 ...; energies "
-                        "after the structure are ignored), a .bpseq/.ct file or a folder of them")
+                        "after the structure are ignored), a .bpseq/.ct file or a folder of them (with --report: "
+                        "several, each PATH or NAME=PATH, scored beside the model and the baselines)")
     scored.add_argument("--on-missing", choices=["error", "skip", "empty"], default="error",
                         help="a reference id without prediction: stop (default), leave it out, or score it as "
                         "no pairs")
@@ -387,15 +388,22 @@ def add_parser(subparsers) -> None:
                         help="a prediction whose sequence differs from the reference's: stop (default) or "
                         "score it with a warning")
     model = parser.add_argument_group("running ProtRNA (without --predictions)")
-    model.add_argument("--model", default=None, help=f"language model (default: {_DEFAULT_MODEL})")
-    model.add_argument("--head", default=None, help=f"structure head (default: {_DEFAULT_HEAD})")
+    model.add_argument("--model", default=None, help=f"language model (default: {DEFAULT_MODEL})")
+    model.add_argument("--head", default=None, help=f"structure head (default: {DEFAULT_HEAD})")
     model.add_argument("--threshold", type=float, default=None,
                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="compute dtype (default: float32, the closest to the original)")
     model.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    parser.add_argument("--baseline", nargs="+", default=[], choices=["rnafold"],
-                        help="also score RNAfold (needs pip install 'protrna[rnafold]') on the same sequences")
+    parser.add_argument("--baseline", nargs="+", default=[], choices=list(BASELINES),
+                        help="also score classical folders on the same sequences: rnafold, linearfold-v, eternafold "
+                        "(pip install 'protrna[baselines]'; see protrna.baselines)")
+    report = parser.add_argument_group("one report of several sets and predictors (protrna.report)")
+    report.add_argument("--report", type=Path, default=None,
+                        help="folder for report.md, report.json, f1_by_length.png and per-sequence tables of every "
+                        "predictor on every --reference; a rerun resumes")
+    report.add_argument("--no-model", action="store_true",
+                        help="with --report: leave ProtRNA out, score only --baseline and --predictions")
     parser.add_argument("--limit", type=int, default=None, help="only the first N reference records")
     parser.add_argument("--per-sequence", type=Path,
                         help="TSV of per-sequence scores (with a model: also where an interrupted run resumes)")
@@ -404,7 +412,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=_run)
 
 
-def _predictor_name(path: Path) -> str:
+def predictor_name(path: Path) -> str:
     """``mine`` for ``mine.dbn``, ``mine.dbn.gz`` or a folder ``mine/`` (``.`` included)."""
     name = path.resolve().name
     if path.is_dir():
@@ -432,11 +440,19 @@ def _check_options(args) -> None:
 
 
 def _run(args) -> int:
-    _check_options(args)
-    if "rnafold" in args.baseline:
-        from .baselines import require_vienna
+    if args.report is not None:  # several sets and predictors: protrna.report
+        from .report import run_from_args
 
-        require_vienna()  # before any work, not after the model has run
+        return run_from_args(args)
+    if len(args.reference) > 1 or len(args.predictions or []) > 1 or args.no_model:
+        raise ValueError("several --reference or --predictions files, and --no-model, need --report DIR")
+    args.reference = args.reference[0]
+    args.predictions = Path(args.predictions[0]) if args.predictions else None
+    _check_options(args)
+    from .baselines import require_baseline
+
+    for key in args.baseline:
+        require_baseline(key)  # before any work, not after the model has run
     for output in (args.per_sequence, args.summary):
         if output is not None:
             output.parent.mkdir(parents=True, exist_ok=True)
@@ -449,14 +465,13 @@ def _run(args) -> int:
             left_out = {record.id for record in every_reference[len(references):]}
             predictions = [record for record in predictions if record.id not in left_out]
         main = score_predictions(
-            references, predictions, predictor=_predictor_name(args.predictions),
+            references, predictions, predictor=predictor_name(args.predictions),
             on_missing=args.on_missing, on_sequence_mismatch=args.on_sequence_mismatch,
             settings={**common, "predictions": str(args.predictions)},
         )
     else:
-        from .fold import load_predictor
 
-        model, head = args.model or _DEFAULT_MODEL, args.head or _DEFAULT_HEAD
+        model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
         dtype = args.dtype or "float32"
         predictor = load_predictor(model, head, dtype=dtype, device=args.device)
         main = evaluate_predictor(
@@ -467,11 +482,12 @@ def _run(args) -> int:
                       "head": getattr(predictor.head, "source", head), "dtype": dtype},
         )
     evaluations = [main]
-    if "rnafold" in args.baseline:
-        from .baselines import rnafold_records
+    for key in dict.fromkeys(args.baseline):
+        from .baselines import baseline_records
 
-        evaluations.append(score_predictions(references, list(rnafold_records(references)), predictor="RNAfold",
-                                             settings={**common, "baseline": "ViennaRNA RNAfold, default parameters"}))
+        evaluations.append(score_predictions(references, list(baseline_records(key, references)),
+                                             predictor=BASELINES[key].name,
+                                             settings={**common, "baseline": BASELINES[key].method}))
     print(format_table(evaluations))
     if args.per_sequence is not None:
         write_scores_tsv(main, args.per_sequence)

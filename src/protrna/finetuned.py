@@ -16,7 +16,7 @@ The language model is
   merged into its weights (``peft``'s ``merge_and_unload``). The adapter also loads in plain
   PEFT: ``PeftModel.from_pretrained(EsmForMaskedLM.from_pretrained(base), DIR/final/lora)``.
 
-Representations come from :class:`~protrna.inference.WindowedEncoder`, as in ``protrna embed``
+Representations come from :class:`~protrna.runtime.WindowedEncoder`, as in ``protrna embed``
 (windows of 510 nt for longer RNAs), so prediction sees what frozen-LM training saw.
 
 >>> model = load_finetuned("runs/nrc/final")  # doctest: +SKIP
@@ -39,10 +39,9 @@ import numpy as np
 import torch
 
 from .data.labelled import LabelledRecord
-from .embed import prepare_model, token_budget
 from .heads.task import TaskHead, TaskHeadConfig
-from .inference import DEFAULT_OVERLAP, WindowedEncoder
 from .model import ProtRNA
+from .runtime import DEFAULT_OVERLAP, WindowedEncoder, pack_if_owned, prepare_model, token_budget
 from .task_metrics import classification_metrics, regression_metrics
 
 logger = logging.getLogger(__name__)
@@ -151,7 +150,6 @@ def load_finetuned(
     ``model`` replaces the recorded ``lm_source`` of a frozen or LoRA model (a path or a loaded
     :class:`ProtRNA`); its weights must be the ones trained on.
     """
-    from .cpu import pack_for_cpu_inference
     from .train.features import lm_fingerprint
 
     directory = Path(directory)
@@ -198,8 +196,8 @@ def load_finetuned(
     if lm.embed_dim != head.config.input_dim:
         raise ValueError(f"the head takes {head.config.input_dim}-wide features, the language model gives {lm.embed_dim}")
     head.to(lm.device)
-    if owned or mode != "frozen":
-        pack_for_cpu_inference(lm, rows_hint=token_budget(max_tokens, lm.device))
+    if owned or mode != "frozen":  # a model built here is ours to pack for good
+        pack_if_owned(lm, owned=True, max_tokens=token_budget(max_tokens, lm.device))
     return FinetunedModel(lm, head, info, max_tokens=max_tokens,
                           window_overlap=info.get("window_overlap", DEFAULT_OVERLAP))
 

@@ -1,10 +1,12 @@
 """``protrna fold``: secondary structures from the language model and the RotaFormer head.
 
-:class:`StructurePredictor` turns RNAs of any length into pair-probability maps: the language
+:class:`protrna.runtime.StructurePredictor` turns RNAs of any length into pair-probability maps: the language
 model runs in 510-nt windows where needed (as in ``protrna embed``) and the head sees the whole
 RNA at once. :func:`fold_fasta` writes, into an output directory::
 
     predictions.dbn      3-line records (>id, sequence, dot-bracket), input order
+    confidence.tsv       per record: predicted pairs, expected precision / recall / F1 and mean
+                         pairing probability from the pair probabilities (protrna.confidence)
     <id>.bpseq, <id>.ct  with --format bpseq / ct (ids made file-safe)
     <id>.npy             with --probabilities: the (L, L) float32 pair-probability map
     <id>.png             with --plot: probability map with the predicted pairs, and an arc diagram
@@ -19,143 +21,35 @@ raw thresholded map instead, as the original does. An interrupted run resumes fr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .cpu import pack_for_cpu_inference
 from .data.fasta import input_path
-from .data.records import InvalidRecordError, records_digest, valid_records
-from .embed import DEFAULT_MODEL, prepare_model, token_budget
+from .data.records import InvalidRecordError, valid_records
+from .digest import records_digest
 from .heads.ss import RotaFormer
-from .inference import DEFAULT_OVERLAP, WindowedEncoder, make_batches
 from .model import ProtRNA
+from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor
 from .structure import (
     CONFLICT_METHODS,
     StructureRecord,
     check_threshold,
     resolve_conflicts,
-    sigmoid,
     write_bpseq,
     write_ct,
 )
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEAD = "ssHead_RF_bprna"
 FORMATS = ("dbn", "bpseq", "ct")
-#: Records whose language-model outputs are held at once before the head runs on them.
-CHUNK_RECORDS = 64
-
-
-@dataclasses.dataclass
-class PairProbabilities:
-    """The head's output for one RNA: ``probabilities`` (L, L) float32, symmetric."""
-
-    index: int
-    id: str
-    sequence: str
-    probabilities: np.ndarray
-
-
-class StructurePredictor:
-    """Language model + structure head: pair probabilities for RNAs of any length.
-
-    >>> from protrna import ProtRNA, ProtRNAConfig
-    >>> from protrna.heads.ss import RotaFormer, RotaFormerConfig
-    >>> lm = ProtRNA(ProtRNAConfig(num_layers=1, embed_dim=64, attention_heads=1))
-    >>> head = RotaFormer(RotaFormerConfig(input_dim=64, num_blocks=1))
-    >>> [p.probabilities.shape for p in StructurePredictor(lm, head).predict([("a", "GGGAAACCC")])]
-    [(9, 9)]
-    """
-
-    def __init__(
-        self,
-        lm: ProtRNA,
-        head: RotaFormer,
-        *,
-        max_tokens: int | None = None,
-        window_overlap: int = DEFAULT_OVERLAP,
-        max_pairs: int | None = None,
-    ):
-        if head.config.input_dim != lm.embed_dim:
-            raise ValueError(
-                f"the head takes {head.config.input_dim}-wide representations but the language "
-                f"model gives {lm.embed_dim}; use the head trained on this language model"
-            )
-        self.lm, self.head = lm, head.eval()
-        device = lm.device
-        self.encoder = WindowedEncoder(lm, [lm.num_layers], token_budget(max_tokens, device),
-                                       overlap=window_overlap)
-        # Pairs (B x L x L) the head takes per batch: batching pays off on GPUs, not on CPUs.
-        self.max_pairs = max_pairs or (2**22 if device.type == "cuda" else 2**16)
-
-    def predict(
-        self, records: Iterable[tuple[str, str] | str], first_index: int = 0
-    ) -> Iterator[PairProbabilities]:
-        """Yield pair probabilities for each ``(id, sequence)`` (or bare sequence, named ``#i``),
-        in completion order, which is not the input order: each result carries its ``index``."""
-        if isinstance(records, str):
-            raise TypeError(f"pass a list of sequences, e.g. [{records[:20]!r}], not one string")
-        records = [(f"#{first_index + i}", r) if isinstance(r, str) else tuple(r) for i, r in enumerate(records)]
-        for start in range(0, len(records), CHUNK_RECORDS):
-            chunk = records[start : start + CHUNK_RECORDS]
-            encoded = list(self.encoder.encode(chunk, first_index=first_index + start))
-            for batch in make_batches([e.length**2 for e in encoded], self.max_pairs):
-                yield from self._head([encoded[i] for i in batch], records, first_index)
-
-    @torch.inference_mode()
-    def _head(self, encoded, records, first_index) -> Iterator[PairProbabilities]:
-        layer = self.lm.num_layers
-        width = max(e.length for e in encoded)
-        device, dtype = self.head_device_dtype()
-        # The head reads nucleotides at [1:L+1]; BOS/EOS slots stay zero (it never looks at them).
-        reps = torch.zeros(len(encoded), width + 2, self.lm.embed_dim, device=device, dtype=dtype)
-        for row, e in enumerate(encoded):
-            reps[row, 1 : e.length + 1] = e.per_token[layer].to(device=device, dtype=dtype)
-        lengths = torch.tensor([e.length for e in encoded], device=device)
-        logits = self.head(reps, lengths=lengths)
-        if logits.dim() == 2:
-            logits = logits[None]
-        for row, e in enumerate(encoded):
-            values = logits[row, : e.length, : e.length].float().cpu().numpy()
-            sequence = records[e.index - first_index][1]
-            yield PairProbabilities(e.index, e.id, sequence, sigmoid(values).astype(np.float32))
-
-    def head_device_dtype(self) -> tuple[torch.device, torch.dtype]:
-        parameter = next(self.head.parameters())
-        return parameter.device, parameter.dtype
-
-
-def load_predictor(
-    model: ProtRNA | str = DEFAULT_MODEL,
-    head: RotaFormer | str = DEFAULT_HEAD,
-    *,
-    dtype: str | None = None,
-    device: str | None = None,
-    max_tokens: int | None = None,
-    window_overlap: int = DEFAULT_OVERLAP,
-) -> StructurePredictor:
-    """Load language model and head (names, paths or modules) onto one device, ready to predict."""
-    lm = prepare_model(model, dtype, device)
-    if isinstance(head, (str, Path)):
-        from .pretrained import load_pretrained_as
-
-        head = load_pretrained_as(head, RotaFormer, "a structure head")
-    head = head.to(device=lm.device, dtype=lm.dtype)
-    max_tokens = token_budget(max_tokens, lm.device)
-    if isinstance(model, (str, Path)):
-        pack_for_cpu_inference(lm, rows_hint=max_tokens)  # ours to change: loaded here
-    return StructurePredictor(lm, head, max_tokens=max_tokens, window_overlap=window_overlap)
 
 
 def safe_file_names(ids: list[str]) -> list[str]:
@@ -301,17 +195,22 @@ def fold_fasta(
     if stale:
         raise FileExistsError(f"{output_dir} has predictions for other input (e.g. {stale[0]!r}); "
                               "choose another output directory")
-    todo = [(i, s) for i, s in valid if i not in done]
+    # Finished records still count in the batch plan, so the rest get a full run's numbers.
+    finished = [position for position, (i, _) in enumerate(valid) if i in done]
     if done:
         log.info("resuming: %d of %d records already folded", len(done), len(valid))
 
-    with open(partial, "a", encoding="utf-8") as sink, tqdm(
+    from .confidence import ConfidenceTable
+
+    confidence = ConfidenceTable(output_dir)
+    with confidence, open(partial, "a", encoding="utf-8") as sink, tqdm(
         total=len(valid), initial=len(done), unit="seq", desc="fold", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for result in predictor.predict(todo):
+        for result in predictor.predict(valid, skip=finished):
             pairs = resolve_conflicts(result.probabilities, threshold, sequence=result.sequence,
                                       canonical_only=canonical_only, min_hairpin=min_hairpin, method=resolve)
             record = StructureRecord(result.id, result.sequence, pairs)
+            confidence.add(record.id, result.probabilities, pairs)  # before the record is marked done
             _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
                                 probabilities, plot, threshold)
             # One write per record, flushed: a kill can tear at most the last record.
@@ -325,6 +224,7 @@ def fold_fasta(
     temporary.write_text(ordered, encoding="utf-8")
     os.replace(temporary, final)
     partial.unlink()
+    confidence.finish([i for i, _ in valid])
     log.info("wrote %s (%d structures)", final, len(valid))
     return final
 

@@ -1,4 +1,5 @@
-"""Pictures of one RNA's predicted structure: pair-probability map and arc diagram, as PNG.
+"""Pictures of one RNA's predicted structure: pair-probability map, arc diagram and per-base
+pairing probability, as PNG.
 
 Drawn on a bare :class:`matplotlib.figure.Figure` with the Agg renderer, so no display, no
 pyplot state and no backend setting is involved; safe in scripts, servers and tests.
@@ -57,6 +58,7 @@ def plot_structure(
     sequence: str | None = None,
     title: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
+    pairing: np.ndarray | None = None,
     dpi: int = 110,
 ) -> Path:
     """Write a PNG with the pair map (left) and the arc diagram (right) of one RNA.
@@ -65,7 +67,10 @@ def plot_structure(
     triangle (x = j, y = i) and reference pairs in the lower one. Right: predicted arcs above
     the axis, reference arcs below. With a reference, pairs in both are green, pairs only
     predicted orange, reference pairs missed blue. ``pred`` defaults to
-    ``probabilities > threshold`` (several partners per base allowed, as scored).
+    ``probabilities > threshold`` (several partners per base allowed, as scored). Under the arcs,
+    a track of each base's pairing probability (``pairing``; by default the sum of its row of
+    ``probabilities``, :func:`protrna.confidence.pairing_probability`), dark where the base is
+    paired in ``pred``.
 
     >>> import tempfile, os
     >>> out = os.path.join(tempfile.mkdtemp(), "hairpin.png")
@@ -73,8 +78,13 @@ def plot_structure(
     >>> plot_structure(out, pred=hairpin, sequence="GGAAAAACC").stat().st_size > 0
     True
     """
+    if pairing is None and probabilities is not None:
+        from .confidence import pairing_probability
+
+        pairing = pairing_probability(probabilities)
     given = {
-        "probabilities": probabilities, "pred": pred, "reference": reference, "sequence": sequence
+        "probabilities": probabilities, "pred": pred, "reference": reference, "sequence": sequence,
+        "pairing": pairing,
     }
     sizes = {name: _length(value) for name, value in given.items() if value is not None}
     if not sizes:
@@ -89,9 +99,15 @@ def plot_structure(
     predicted = set(pred_pairs.to_list()) if pred_pairs is not None else set()
     known = set(ref_pairs.to_list()) if ref_pairs is not None else set()
 
-    figure = Figure(figsize=(13, 5.6), layout="constrained")
+    figure = Figure(figsize=(13, 5.6 if pairing is None else 6.3), layout="constrained")
     FigureCanvasAgg(figure)
-    map_ax, arc_ax = figure.subplots(1, 2, width_ratios=[1, 1.45])
+    if pairing is None:
+        map_ax, arc_ax = figure.subplots(1, 2, width_ratios=[1, 1.45])
+        track_ax = None
+    else:
+        axes = figure.subplot_mosaic([["map", "arc"], ["map", "track"]], width_ratios=[1, 1.45],
+                                     height_ratios=[3, 1])
+        map_ax, arc_ax, track_ax = axes["map"], axes["arc"], axes["track"]
 
     # Pair map.
     if probabilities is not None:
@@ -154,10 +170,25 @@ def plot_structure(
     arc_ax.set_yticks([])
     for side in ("left", "right", "top"):
         arc_ax.spines[side].set_visible(False)
+    bottom_ax = arc_ax if track_ax is None else track_ax
+    if track_ax is not None:
+        values = np.asarray(pairing, dtype=float)
+        paired = np.zeros(length, dtype=bool)
+        if pred_pairs is not None and len(pred_pairs.pairs):
+            paired[pred_pairs.pairs.ravel()] = True
+        positions = np.arange(1, length + 1)
+        track_ax.bar(positions, values, width=1.0, color=np.where(paired, "0.15", "0.7"), linewidth=0)
+        # Above 1 only for the head's independent sigmoids; a partition function stays below.
+        track_ax.set_ylim(0, max(1.0, float(values.max(initial=0.0)) * 1.05))
+        track_ax.set_xlim(arc_ax.get_xlim())
+        track_ax.set_ylabel("pairing\nprobability", fontsize=8)
+        track_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        track_ax.set_title("per base (dark: paired in the prediction)", fontsize=8)
+        arc_ax.set_xticks([])
     if sequence is not None and length <= 80:
-        arc_ax.set_xticks(range(1, length + 1), list(sequence), fontsize=6, fontfamily="monospace")
+        bottom_ax.set_xticks(range(1, length + 1), list(sequence), fontsize=6, fontfamily="monospace")
     else:
-        arc_ax.set_xlabel("position")
+        bottom_ax.set_xlabel("position")
     if ref_pairs is not None:
         arc_ax.text(0.01, 0.98, "predicted", transform=arc_ax.transAxes, va="top", fontsize=8)
         arc_ax.text(0.01, 0.02, "reference", transform=arc_ax.transAxes, va="bottom", fontsize=8)

@@ -26,7 +26,7 @@ Definitions (natural logarithms; log-probabilities are ``log_softmax`` over the 
   passes as the PLL, which the saturation file holds too.
 
 **Long RNAs.** The model sees at most 510 nt at once; longer RNAs are covered by the overlapping
-windows of ``protrna embed`` (:func:`protrna.inference.plan_windows`: 510 nt, overlap 128 by
+windows of ``protrna embed`` (:func:`protrna.runtime.plan_windows`: 510 nt, overlap 128 by
 default), each with its own BOS and EOS. A masked pass runs on one window that contains the masked
 positions: of the planned windows that contain them all, the one where they are most central
 (largest distance to the nearer window end; the earlier window on a tie); positions further apart
@@ -62,15 +62,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import __version__
-from .alphabet import Alphabet, encode_rna
-from .cpu import onednn_available, pack_for_cpu_inference
+from .alphabet import MAX_RESIDUES, Alphabet, encode_rna
+from .cpu import onednn_supports
+from .data.batching import same_cost, sorted_batches
 from .data.fasta import input_path
-from .data.records import InvalidRecordError, records_digest, valid_records
-
-# Shared job machinery (moving to protrna.runtime): imported here only.
-from .embed import DEFAULT_MODEL, prepare_model, token_budget
-from .inference import DEFAULT_OVERLAP, MAX_RESIDUES, make_batches, plan_windows
+from .data.records import InvalidRecordError, valid_records
+from .digest import records_digest
 from .model import ProtRNA
+from .runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, pack_if_owned, plan_windows, prepare_model, token_budget
+from .runtime.store import allocate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ class MaskedScorer:
         """Yield ``(i, log_probs)`` for each ``passes[i]`` as its batch finishes: ``log_probs`` is
         (len(read), 4) float64, columns A C G U. ``on_batch(n)`` is called after each batch of n."""
         sizes = [p.end - p.start + 2 for p in passes]
-        for batch in make_batches(sizes, self.max_tokens):
+        for batch in sorted_batches(sizes, max_cost=self.max_tokens, cost=same_cost, longest_first=True):
             token_lists = []
             for i in batch:
                 p = passes[i]
@@ -479,9 +479,8 @@ class _Prepared:
         owned = isinstance(model, (str, Path))
         self.model = prepare_model(model, dtype, device)
         self.scorer = MaskedScorer(self.model, max_tokens, window_overlap, window)
-        restore = pack_for_cpu_inference(self.model, rows_hint=self.scorer.max_tokens)
-        self._restore = None if owned else restore
-        if self.model.device.type == "cpu" and self.model.dtype == torch.bfloat16 and not onednn_available(torch.bfloat16):
+        self._restore = pack_if_owned(self.model, owned, self.scorer.max_tokens)
+        if self.model.device.type == "cpu" and self.model.dtype == torch.bfloat16 and not onednn_supports(torch.bfloat16):
             # Measured on an AVX2-only EPYC: bf16 matmul at 0.16 GFLOP/s against 12 in float32.
             log.warning("bfloat16 on this CPU (no AVX-512 BW/VL/DQ or AVX-NE-CONVERT) runs in emulation, "
                         "far slower than float32: prefer --dtype float32 here")
@@ -867,12 +866,10 @@ class SaturationStore:
         h5.create_dataset("lengths", data=lengths)
         h5.create_dataset("offsets", data=np.concatenate([[0], np.cumsum(lengths)]))
         # Space reserved now, so that a killed run cannot leave a half-resized dataset.
-        for name, shape, dtype in (("scores", (int(lengths.sum()), len(NUCLEOTIDES)), np.float32),
-                                   ("pll", (len(records),), np.float64), ("pppl", (len(records),), np.float64),
-                                   ("scored", (len(records),), np.int64), ("done", (len(records),), np.uint8)):
-            dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-            dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-            h5.create_dataset(name, shape=shape, dtype=dtype, dcpl=dcpl, fillvalue=0)
+        allocate_dataset(h5, "scores", (int(lengths.sum()), len(NUCLEOTIDES)), np.float32)
+        for name, dtype in (("pll", np.float64), ("pppl", np.float64), ("scored", np.int64)):
+            allocate_dataset(h5, name, (len(records),), dtype)
+        h5.create_dataset("done", data=np.zeros(len(records), dtype=np.uint8))  # written: zero for sure
         h5.attrs.update({"job": "protrna score", "columns": NUCLEOTIDES, "method": "masked-marginal",
                          **settings, "complete": False})
         h5.flush()

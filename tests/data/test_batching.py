@@ -4,7 +4,8 @@ import random
 import pytest
 import torch
 
-from protrna.data.batching import MLMBatches, TokenBudgetGroups, pad_token_ids
+from protrna.alphabet import Alphabet
+from protrna.data.batching import MLMBatches, TokenBudgetGroups
 from protrna.data.masking import IGNORE_INDEX
 from protrna.data.streaming import FastaStream
 
@@ -37,7 +38,7 @@ def test_exactly_one_size_option():
 
 
 def test_padding_layout():
-    tokens = pad_token_ids([[33, 34, 35], [36]])
+    tokens = Alphabet().pad_batch([[33, 34, 35], [36]])
     assert tokens.tolist() == [[0, 33, 34, 35, 2], [0, 36, 2, 1, 1]]
 
 

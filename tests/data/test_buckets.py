@@ -5,7 +5,8 @@ import itertools
 import numpy as np
 import pytest
 
-from protrna.data.buckets import LengthBucketBatches, cut_batches, fixed_batches, pair_cost, token_cost
+from protrna.data.batching import cut_batches, pair_cost, sorted_batches, token_cost
+from protrna.data.buckets import LengthBucketBatches
 
 LENGTHS = np.random.default_rng(0).integers(5, 300, size=200).tolist()
 
@@ -58,7 +59,7 @@ def test_without_pool_batches_are_plain_random():
 
 def test_an_oversized_record_gets_its_own_batch():
     assert cut_batches([0, 1, 2], [10, 500, 10], max_items=4, max_cost=1000) == [[0], [1], [2]]
-    assert fixed_batches([3, 1, 2], max_items=2) == [[1, 2], [0]]
+    assert sorted_batches([3, 1, 2], max_items=2) == [[1, 2], [0]]
 
 
 def test_too_few_batches_for_the_processes_is_an_error():

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from protrna.alphabet import Alphabet
-from protrna.data.batching import pad_token_ids
+from protrna.alphabet import Alphabet
 from protrna.data.masking import IGNORE_INDEX, mask_tokens, nucleotide_ids
 
 ALPHABET = Alphabet()
@@ -18,7 +18,7 @@ def random_batch(n: int = 64, length: int = 500, seed: int = 0) -> torch.Tensor:
         ids = torch.tensor(sorted(NUCLEOTIDES))[torch.randint(4, (size,), generator=g)]
         ids[torch.rand(size, generator=g) < 0.02] = ALPHABET.get_idx("x")
         rows.append(ids.tolist())
-    return pad_token_ids(rows)
+    return Alphabet().pad_batch(rows)
 
 
 def test_rates_match_esm_masking():
@@ -55,7 +55,7 @@ def test_labels_and_untouched_positions():
 
 
 def test_every_sequence_gets_a_target_and_input_is_not_modified():
-    tokens = pad_token_ids([[33], [34, 35], [36, 37, 33], [37, 37]])  # last: only x, nothing to score
+    tokens = Alphabet().pad_batch([[33], [34, 35], [36, 37, 33], [37, 37]])  # last: only x, nothing to score
     before = tokens.clone()
     for seed in range(20):
         _, labels = mask_tokens(tokens, torch.Generator().manual_seed(seed))

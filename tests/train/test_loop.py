@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from protrna.data.batching import pad_token_ids
+from protrna.alphabet import Alphabet
 from protrna.data.masking import mask_tokens
 from protrna.train.loop import TrainConfig, make_accelerator, train
 from protrna.train.pretrain import mlm_loss
@@ -22,7 +22,7 @@ def transfer_model(layers=1):
 
 def mlm_batch(sequences, seed=0, width=None):
     ids = [[33 + "augc".index(c) for c in s] for s in sequences]
-    tokens = pad_token_ids(ids)
+    tokens = Alphabet().pad_batch(ids)
     if width is not None:  # pad further, to compare batches cut differently
         tokens = torch.cat([tokens, torch.ones(len(ids), width - tokens.shape[1], dtype=torch.long)], dim=1)
     inputs, labels = mask_tokens(tokens, torch.Generator().manual_seed(seed), mask_prob=0.3)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from protrna import cli
-from protrna.fold import StructurePredictor
+from protrna.runtime import StructurePredictor
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 from protrna.model import ProtRNA, ProtRNAConfig
 from protrna.structure import BasePairs, read_dbn

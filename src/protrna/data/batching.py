@@ -1,4 +1,11 @@
-"""Batches for training: padding, token-budget grouping, and masked-LM batches.
+"""Batches: the one rule by which records are cut into batches, and the training-side batchers.
+
+Every batcher in the package (language-model inference, the structure head, evaluation and the
+length buckets of training, the token-budget groups of pretraining) uses the same rule, in
+:func:`fits`: a batch grows while it has at most ``max_items`` records and ``count x cost(longest)``
+(its size after padding) stays within ``max_cost``; a record alone over the budget gets a batch of
+its own. :func:`cut_batches` cuts a given order with it; :func:`sorted_batches` sorts by length
+first (the least padding).
 
 A batch handed to the training loop (:mod:`protrna.train.loop`) is a dict of CPU tensors plus two
 counts the loop needs before it runs the model: ``n_items`` (how many terms the loss sums, here
@@ -7,29 +14,92 @@ masked positions) and ``n_tokens`` (real tokens, for throughput).
 
 from __future__ import annotations
 
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from ..alphabet import Alphabet
 from .masking import IGNORE_INDEX, mask_tokens
 from .streaming import FastaStream
 
+#: Padded cost of one row of a given length; a batch costs its row count x its longest row's cost.
+Cost = Callable[[int], int]
 
-def pad_token_ids(sequences: Sequence[Sequence[int]], alphabet: Alphabet | None = None) -> torch.Tensor:
-    """``<cls> ids <eos>`` per sequence, right-padded with ``<pad>`` into a (B, T) tensor.
 
-    >>> pad_token_ids([[33, 34], [35]]).tolist()
-    [[0, 33, 34, 2], [0, 35, 2, 1]]
+def pair_cost(length: int) -> int:
+    """Cost of one padded row for a pair (L x L) head."""
+    return length * length
+
+
+def token_cost(length: int) -> int:
+    """Cost of one padded row for a per-token model (BOS and EOS included)."""
+    return length + 2
+
+
+def same_cost(length: int) -> int:
+    """Cost of a row that is already counted in the unit of the budget."""
+    return length
+
+
+def fits(count: int, longest: int, *, max_items: int | None, max_cost: int | None, cost: Cost) -> bool:
+    """Whether ``count`` records whose longest is ``longest`` make one batch within the limits.
+
+    >>> fits(3, 100, max_items=None, max_cost=300, cost=same_cost), fits(4, 100, max_items=None, max_cost=300, cost=same_cost)
+    (True, False)
     """
-    alphabet = alphabet or Alphabet()
-    width = max(len(ids) for ids in sequences) + 2
-    tokens = torch.full((len(sequences), width), alphabet.padding_idx, dtype=torch.long)
-    for row, ids in enumerate(sequences):
-        tokens[row, 0] = alphabet.cls_idx
-        tokens[row, 1 : len(ids) + 1] = torch.as_tensor(ids, dtype=torch.long)
-        tokens[row, len(ids) + 1] = alphabet.eos_idx
-    return tokens
+    return (max_items is None or count <= max_items) and (max_cost is None or count * cost(longest) <= max_cost)
+
+
+def cut_batches(
+    order: Sequence[int],
+    lengths: Sequence[int],
+    *,
+    max_items: int | None = None,
+    max_cost: int | None = None,
+    cost: Cost = pair_cost,
+) -> list[list[int]]:
+    """Cut ``order`` (record indices, in the order wanted) into consecutive batches (see :func:`fits`).
+
+    >>> cut_batches([0, 1, 2, 3], [10, 10, 20, 5], max_items=3, max_cost=250)
+    [[0, 1], [2], [3]]
+    """
+    batches: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for index in order:
+        candidate = max(longest, lengths[index])
+        if current and not fits(len(current) + 1, candidate, max_items=max_items, max_cost=max_cost, cost=cost):
+            batches.append(current)
+            current, candidate = [], lengths[index]
+        current.append(index)
+        longest = candidate
+    if current:
+        batches.append(current)
+    return batches
+
+
+def sorted_batches(
+    lengths: Sequence[int],
+    *,
+    max_items: int | None = None,
+    max_cost: int | None = None,
+    cost: Cost = pair_cost,
+    longest_first: bool = False,
+) -> list[list[int]]:
+    """Deterministic batches: records sorted by length (ties in input order), then cut.
+
+    Longest first suits inference (the first batch shows at once whether the budget fits
+    in memory); shortest first is the evaluation order of training.
+
+    >>> sorted_batches([30, 10, 20], max_items=2)
+    [[1, 2], [0]]
+    >>> sorted_batches([5, 100, 7, 98], max_cost=210, cost=same_cost, longest_first=True)
+    [[1, 3], [2, 0]]
+    """
+    keys = -np.asarray(lengths, dtype=np.int64) if longest_first else np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(keys, kind="stable").tolist()
+    return cut_batches(order, lengths, max_items=max_items, max_cost=max_cost, cost=cost)
 
 
 class TokenBudgetGroups:
@@ -74,12 +144,9 @@ class TokenBudgetGroups:
         self.pending = None if state["pending"] is None else tuple(state["pending"])
 
     def _fits(self, group: list, item: tuple[str, list[int]]) -> bool:
-        if not group:
-            return True
-        if self.batch_size is not None:
-            return len(group) < self.batch_size
-        longest = max(len(item[1]), *(len(ids) for _, ids in group)) + 2
-        return (len(group) + 1) * longest <= self.max_tokens
+        longest = max(len(ids) for _, ids in [*group, item])
+        return not group or fits(len(group) + 1, longest, max_items=self.batch_size, max_cost=self.max_tokens,
+                                 cost=token_cost)
 
     def __iter__(self) -> Iterator[list[tuple[str, list[int]]]]:
         source = iter(self.items)
@@ -139,7 +206,7 @@ class MLMBatches:
 
     def __iter__(self) -> Iterator[dict]:
         for group in self.groups:
-            tokens = pad_token_ids([ids for _, ids in group], self.alphabet)
+            tokens = self.alphabet.pad_batch([ids for _, ids in group])
             inputs, labels = mask_tokens(
                 tokens, self.generator, mask_prob=self.mask_prob, alphabet=self.alphabet
             )

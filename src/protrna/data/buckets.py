@@ -23,53 +23,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-#: Padded cost of a batch: number of records x the cost of its longest one.
-Cost = Callable[[int], int]
-
-
-def pair_cost(length: int) -> int:
-    """Cost of one padded row for a pair (L x L) head."""
-    return length * length
-
-
-def token_cost(length: int) -> int:
-    """Cost of one padded row for a per-token model (BOS and EOS included)."""
-    return length + 2
-
-
-def cut_batches(
-    order: Sequence[int],
-    lengths: Sequence[int],
-    *,
-    max_items: int,
-    max_cost: int | None = None,
-    cost: Cost = pair_cost,
-) -> list[list[int]]:
-    """Cut ``order`` (record indices, in the order wanted) into consecutive batches.
-
-    A batch grows while it has fewer than ``max_items`` records and ``len(batch) * cost(longest)``
-    stays within ``max_cost``; a record alone over the budget gets a batch of its own.
-
-    >>> cut_batches([0, 1, 2, 3], [10, 10, 20, 5], max_items=3, max_cost=250)
-    [[0, 1], [2], [3]]
-    """
-    batches: list[list[int]] = []
-    current: list[int] = []
-    longest = 0
-    for index in order:
-        candidate = max(longest, lengths[index])
-        fits = len(current) < max_items and (
-            max_cost is None or (len(current) + 1) * cost(candidate) <= max_cost
-        )
-        if current and not fits:
-            batches.append(current)
-            current, candidate = [], lengths[index]
-        current.append(index)
-        longest = candidate
-    if current:
-        batches.append(current)
-    return batches
-
+from .batching import Cost, cut_batches, pair_cost
 
 class LengthBucketBatches:
     """Endless, resumable, length-bucketed batches of record indices for one process.
@@ -166,18 +120,6 @@ class LengthBucketBatches:
                 self.position += 1
                 yield batch
             self.epoch, self.position = self.epoch + 1, 0
-
-
-def fixed_batches(
-    lengths: Sequence[int], *, max_items: int, max_cost: int | None = None, cost: Cost = pair_cost
-) -> list[list[int]]:
-    """Deterministic batches for evaluation: records sorted by length, then cut.
-
-    >>> fixed_batches([30, 10, 20], max_items=2)
-    [[1, 2], [0]]
-    """
-    order = np.argsort(np.asarray(lengths), kind="stable").tolist()
-    return cut_batches(order, lengths, max_items=max_items, max_cost=max_cost, cost=cost)
 
 
 class MappedBatches:

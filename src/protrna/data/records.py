@@ -10,7 +10,6 @@ some datasets (nRC) use the class name as every record's id.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -51,14 +50,6 @@ def checked_records(path: str | Path, unique_ids: bool = False) -> Iterator[tupl
         if problem is None:
             first_line[record.id] = record.line
         yield record, problem
-
-
-def records_digest(records: Iterable[tuple[str, str]]) -> str:
-    """SHA-256 of ``(id, sequence)`` pairs in order: what jobs compare before resuming a run."""
-    digest = hashlib.sha256()
-    for record_id, sequence in records:
-        digest.update(f"{record_id}\n{sequence}\n".encode())
-    return digest.hexdigest()
 
 
 def valid_records(

@@ -20,7 +20,6 @@ DeepSpeed keeps its own optimizer; there the model and optimizer part is ``accel
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 import re
@@ -39,6 +38,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
+
+from ..digest import tensors_digest
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,7 @@ def frozen_fingerprint(model: nn.Module) -> str:
     >>> frozen_fingerprint(model) == frozen_fingerprint(model)
     True
     """
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            digest.update(name.encode())
-            digest.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
+    return tensors_digest((name, p) for name, p in model.named_parameters() if not p.requires_grad)
 
 
 # ---- save / load ------------------------------------------------------------------------------

@@ -51,9 +51,11 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from ..alphabet import Alphabet, encode_rna
+from ..digest import tensors_digest
+from ..alphabet import MAX_RESIDUES
 from ..cpu import pack_for_cpu_inference
-from ..embed import _allocate, token_budget
-from ..inference import DEFAULT_OVERLAP, MAX_RESIDUES, WindowedEncoder
+from ..runtime import DEFAULT_OVERLAP, WindowedEncoder, token_budget
+from ..runtime.store import allocate_dataset
 from ..model import ProtRNA
 from .checkpoint import latest_checkpoint
 
@@ -80,12 +82,7 @@ def lm_fingerprint(lm: ProtRNA) -> str:
     """
     if getattr(lm, "packed_for_cpu", False):
         raise ValueError("fingerprint the language model before packing it for CPU inference")
-    digest = hashlib.sha256()
-    for name, tensor in sorted(lm.lm.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().data)
-    return digest.hexdigest()
+    return tensors_digest(lm.lm.state_dict().items())
 
 
 def check_resume_fingerprint(output_dir: str | Path, resume: bool, fingerprint: str) -> None:
@@ -266,18 +263,22 @@ def _build(lm: ProtRNA, path: Path, key: str, fingerprint: str, lm_source: str, 
                 description, len(distinct), offsets[-1], path,
             )
         encoder = WindowedEncoder(lm, [layer], max_tokens=max_tokens, overlap=settings.window_overlap)
-        pending = np.flatnonzero(~done)
         with tqdm(total=len(done), initial=int(done.sum()), unit="seq", desc=description,
                   disable=not progress, dynamic_ncols=True) as bar:
-            for start in range(0, len(pending), _CHUNK):
-                chunk = pending[start : start + _CHUNK]
+            # Chunks by position, done rows skipped inside them: a resumed build plans the batches
+            # of an uninterrupted one, so its features are the same bit for bit.
+            for start in range(0, len(done), _CHUNK):
+                chunk = np.arange(start, min(start + _CHUNK, len(done)))
+                finished = [i for i, row in enumerate(chunk) if done[row]]
+                if len(finished) == len(chunk):
+                    continue
                 records = [(str(row), "".join(alphabet.get_tok(t) for t in distinct[row])) for row in chunk]
-                for encoded in encoder.encode(records):
+                for encoded in encoder.encode(records, skip=finished):
                     _write(h5, settings, int(encoded.id), offsets, encoded.per_token[layer], encoded.bos[layer])
                 h5.flush()  # rows first, then their flags
-                h5["done"][np.sort(chunk)] = 1
+                h5["done"][chunk] = 1
                 h5.flush()
-                bar.update(len(chunk))
+                bar.update(len(chunk) - len(finished))
         h5.attrs["complete"] = True
     finally:
         h5.close()
@@ -308,7 +309,7 @@ def _open_partial(
     storage = _NUMPY_STORAGE[settings.storage_dtype]
     rows = {"per_tok": int(offsets[-1]), "mean": len(lengths), "bos": len(lengths)}
     for kind in settings.kinds:
-        _allocate(h5, kind, (rows[kind], dim), dtype=storage)
+        allocate_dataset(h5, kind, (rows[kind], dim), dtype=storage)
     done = h5.create_dataset("done", shape=(len(lengths),), dtype=np.uint8)
     done[:] = 0
     h5.attrs.update({
@@ -321,6 +322,7 @@ def _open_partial(
 
 
 def _stored(values: torch.Tensor, storage_dtype: str) -> np.ndarray:
+    values = values.cpu()
     if storage_dtype == "bfloat16":
         return values.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
     return values.numpy().astype(_NUMPY_STORAGE[storage_dtype], copy=False)

@@ -47,10 +47,10 @@ from transformers import EsmForMaskedLM
 
 from .. import __version__
 from ..alphabet import MAX_RESIDUES, Alphabet, encode_rna
-from ..data.buckets import LengthBucketBatches, MappedBatches, fixed_batches, token_cost
+from ..data.batching import sorted_batches, token_cost
+from ..data.buckets import LengthBucketBatches, MappedBatches
 from ..data.labelled import FORMATS, TASKS, InputFormat, LabelledRecord, read_labelled
 from ..data.masking import IGNORE_INDEX
-from ..embed import DEFAULT_MODEL, prepare_model
 from ..finetuned import (
     INFO_FILE,
     FinetunedModel,
@@ -62,9 +62,9 @@ from ..finetuned import (
     write_predictions,
 )
 from ..heads.task import POOLINGS, TaskHead, TaskHeadConfig, pool
-from ..inference import DEFAULT_OVERLAP
 from ..model import ProtRNA
 from ..pretrained import source_name
+from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -387,7 +387,7 @@ def finetune(args: argparse.Namespace) -> dict:
     evaluate = None
     if sets["valid"] is not None:
         valid = sets["valid"]
-        valid_batches = fixed_batches([len(r) for r in valid], max_items=args.batch_size,
+        valid_batches = sorted_batches([len(r) for r in valid], max_items=args.batch_size,
                                       max_cost=args.max_tokens if per_token_costs else None, cost=token_cost)
         evaluate = TaskValidation(accelerator, valid, head_config, collate_for("valid", valid), valid_batches)
 

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import functools
 import gc
-import hashlib
 import json
 import logging
 import shutil
@@ -44,14 +43,15 @@ from torch import nn
 
 from .. import __version__
 from ..alphabet import encode_rna
-from ..data.buckets import LengthBucketBatches, MappedBatches, fixed_batches, pair_cost
+from ..digest import tensors_digest
+from ..data.batching import pair_cost, sorted_batches
+from ..data.buckets import LengthBucketBatches, MappedBatches
 from ..data.records import InvalidRecordError
-from ..embed import DEFAULT_MODEL, prepare_model
 from ..heads.ss import RotaFormer, RotaFormerConfig
-from ..inference import DEFAULT_OVERLAP
 from ..metrics import score
 from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
 from ..pretrained import source_name
+from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -220,13 +220,6 @@ def select_threshold(
     return pick_threshold(grid, mean), mean
 
 
-def _weights_digest(model: nn.Module) -> str:
-    digest = hashlib.sha256()
-    for tensor in model.state_dict().values():
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
-
-
 class StructureValidation:
     """Validation loss and threshold choice, split over processes like
     :func:`~protrna.train.loop.evaluate_loss` (every process runs the same number of forwards).
@@ -240,7 +233,7 @@ class StructureValidation:
         self.accelerator = accelerator
         self.records, self.features, self.grid = records, features, list(grid)
         self.pos_weight = pos_weight
-        self.batches = fixed_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
+        self.batches = sorted_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
         self.last: dict | None = None
 
     @torch.no_grad()
@@ -279,13 +272,13 @@ class StructureValidation:
         self.last = {
             "result": result,
             "mean_f1_by_threshold": dict(zip(map(str, self.grid), mean_f1.tolist())),
-            "digest": _weights_digest(accelerator.unwrap_model(model)),
+            "digest": tensors_digest(accelerator.unwrap_model(model).state_dict().items()),
         }
         return result
 
     def final(self, model: nn.Module) -> dict:
         """The evaluation of the weights as they are now (the last one, if they have not changed)."""
-        if self.last is None or self.last["digest"] != _weights_digest(self.accelerator.unwrap_model(model)):
+        if self.last is None or self.last["digest"] != tensors_digest(self.accelerator.unwrap_model(model).state_dict().items()):
             model.eval()
             self(model)
         return self.last

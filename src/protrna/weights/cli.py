@@ -4,8 +4,12 @@ files into ``save_pretrained`` directories."""
 from __future__ import annotations
 
 import argparse
+import sys
 
+from .cache import official_model_dir
+from .convert import KIND_NAMES, convert_h5, h5_kind
 from .registry import OFFICIAL_WEIGHTS, cache_root, get_official
+
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -15,11 +19,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="download and convert the official weights into the cache",
         description=(
             "Download official weights from Zenodo (md5 checked, resumable) and convert them into "
-            f"the cache, so that later runs need no network. Names: {names} (default: all). The "
-            "cache is $PROTRNA_HOME, else $XDG_CACHE_HOME/protrna, else ~/.cache/protrna."
+            f"the cache, so that later runs need no network. Names: {names} (default: all; "
+            "--list shows what each is, its record and threshold, and which facts about it are "
+            "unverified). The cache is $PROTRNA_HOME, else $XDG_CACHE_HOME/protrna, else "
+            "~/.cache/protrna."
         ),
     )
     download.add_argument("names", nargs="*", metavar="NAME", help=f"one of {names}")
+    download.add_argument("--list", action="store_true", help="list the official weights and exit")
     download.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     download.add_argument(
         "--remove-h5",
@@ -34,7 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Convert a weight file of the original TensorFlow ProtRNA (language model or "
             "RotaFormer head, told apart by its contents) into a directory that "
-            "protrna.load_pretrained_model loads."
+            "protrna.load_pretrained_model loads. Every tensor of the file must be used, and the "
+            "directory appears only after it has been reloaded and found bit-identical to the "
+            "converted model (tensors and outputs on a fixed probe)."
         ),
     )
     convert.add_argument("h5", metavar="FILE.h5", help="original-layout Keras weight file")
@@ -45,18 +54,50 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="heads per block of a language model (not stored in the file; default width / 64)",
     )
+    convert.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="decision threshold to store with a structure head (not in the file; default 0.25, "
+        "the released head's; the RnaBench heads' are listed by `protrna download --list`)",
+    )
     convert.set_defaults(func=run_convert)
 
 
-def run_download(args: argparse.Namespace) -> int:
-    from ..pretrained import official_model_dir
+def list_official() -> str:
+    """One block of lines per official entry: name, kind, file, records, threshold, what is unverified."""
+    lines = [f"weights cache: {cache_root()}"]
+    for weights in OFFICIAL_WEIGHTS.values():
+        cached = "converted in the cache" if (weights.converted_dir / "config.json").is_file() else "not cached"
+        lines.append(f"{weights.name}  ({KIND_NAMES[weights.kind]}, about {weights.approx_size}, {cached})")
+        lines.append(f"    {weights.description}")
+        lines.append(f"    file {weights.filename} in Zenodo record {' or '.join(weights.records)}")
+        if weights.threshold is not None:
+            lines.append(f"    threshold {weights.threshold}")
+        if weights.unverified:
+            lines.append(f"    unverified: {', '.join(weights.unverified)}")
+    return "\n".join(lines)
 
+
+def run_download(args: argparse.Namespace) -> int:
+    if args.list:
+        print(list_official())
+        return 0
     names = args.names or list(OFFICIAL_WEIGHTS)
     for name in names:
         get_official(name)  # reject a wrong name before downloading anything
     print(f"weights cache: {cache_root()}")
+    failed = []
     for name in names:
-        converted = official_model_dir(name, progress=not args.quiet)
+        try:
+            converted = official_model_dir(name, progress=not args.quiet)
+        except (OSError, ValueError) as error:
+            if len(names) == 1:
+                raise
+            # One entry that cannot be fetched (e.g. an unverified record) does not stop the rest.
+            print(f"{name}: failed: {error}", file=sys.stderr)
+            failed.append(name)
+            continue
         original = get_official(name).download_path
         print(f"{name}: {converted}")
         if args.remove_h5 and original.exists():
@@ -64,13 +105,16 @@ def run_download(args: argparse.Namespace) -> int:
             print(f"  removed {original}")
         elif original.exists():
             print(f"  original: {original}")
+    if failed:
+        print(f"protrna download: {len(failed)} of {len(names)} failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 
 def run_convert(args: argparse.Namespace) -> int:
-    from ..pretrained import convert_h5, h5_kind
-
-    out_dir = convert_h5(args.h5, args.out_dir, attention_heads=args.attention_heads)
-    kind = "language model" if h5_kind(args.h5) == "lm" else "structure head"
-    print(f"converted {args.h5} ({kind}) into {out_dir}")
+    kind = h5_kind(args.h5)
+    out_dir = convert_h5(
+        args.h5, args.out_dir, kind=kind, attention_heads=args.attention_heads, threshold=args.threshold
+    )
+    print(f"converted {args.h5} ({KIND_NAMES[kind]}) into {out_dir}, checked by reloading it")
     return 0

@@ -12,6 +12,7 @@ Quirks handled here and nowhere else:
 * The number of blocks and every width are read from the file (the fixture has 2 blocks).
 * Keras dense kernels are (in, out), attention kernels (in, heads, width) and (heads, width,
   out), the conv kernel (height, width, in, out): the table says how each becomes a torch tensor.
+* Every dataset of the file must be used; one that no table entry takes is an error naming it.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import re
 from pathlib import Path
 from typing import Callable
 
-import h5py
 import numpy as np
 import torch
 
 from ..heads.ss import RotaFormer, RotaFormerConfig
-from .keras_h5 import KerasFormatError, group_weights, layer_names
+from .keras_h5 import KerasFormatError, KerasWeightFile
 
 Transform = Callable[[np.ndarray], np.ndarray]
 Entry = tuple[str, str, Transform]  # (Keras sub-path without ":0", torch parameter, transform)
@@ -166,16 +166,15 @@ def _one_group(path: Path, groups: list[str], prefix: str) -> str:
 
 
 def read_ss_head_state_dict(path: str | Path) -> tuple[RotaFormerConfig, dict[str, torch.Tensor]]:
-    """Config and ``RotaFormer`` state dict of an original-layout head file of any depth."""
+    """Config and ``RotaFormer`` state dict of an original-layout head file of any depth; every
+    dataset of the file must be used."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such file")
     try:
-        h5 = h5py.File(path, "r")
-    except OSError as error:
-        raise SSHeadFormatError(f"{path}: not an HDF5 file ({error})") from None
-    with h5:
-        groups = layer_names(h5)
+        weight_file = KerasWeightFile(path)
+    except KerasFormatError as error:
+        raise SSHeadFormatError(str(error)) from None
+    with weight_file as h5:
+        groups = h5.layer_names()
         state: dict[str, np.ndarray] = {}
 
         def put(name: str, array: np.ndarray, keras_name: str) -> None:
@@ -188,7 +187,7 @@ def read_ss_head_state_dict(path: str | Path) -> tuple[RotaFormerConfig, dict[st
             (CONV_TABLE, _one_group(path, groups, "conv2d"), 1),
         ):
             lookup = {keras: (target, transform) for keras, target, transform in table}
-            for name, array in group_weights(h5, group):
+            for name, array in h5.group_weights(group):
                 key = "/".join(_clean(name).split("/")[-key_parts:])
                 if key not in lookup:
                     raise SSHeadFormatError(f"{path}: unexpected weight {name!r} in group {group!r}")
@@ -201,7 +200,7 @@ def read_ss_head_state_dict(path: str | Path) -> tuple[RotaFormerConfig, dict[st
             raise SSHeadFormatError(f"{path}: no 'evoformer_ensemble*' groups (groups: {groups[:8]})")
         blocks: set[int] = set()
         for group in ensembles:
-            for name, array in group_weights(h5, group):
+            for name, array in h5.group_weights(group):
                 match = _ITERATION.search(name)
                 if not match:
                     raise SSHeadFormatError(f"{path}: {name!r} in group {group!r} names no evoformer_iteration_<k>")
@@ -211,6 +210,10 @@ def read_ss_head_state_dict(path: str | Path) -> tuple[RotaFormerConfig, dict[st
                 target, transform = block_lookup[sub_path]
                 put(f"blocks.{index}.{target}", transform(array), name)
                 blocks.add(index)
+        try:
+            h5.require_all_used()
+        except KerasFormatError as error:
+            raise SSHeadFormatError(str(error)) from None
 
     num_blocks = len(blocks)
     if sorted(blocks) != list(range(num_blocks)):

@@ -5,7 +5,7 @@ Cache layout (the root is ``$PROTRNA_HOME``, else ``$XDG_CACHE_HOME/protrna``, e
 
     <root>/downloads/ProtRNA_pretrained.h5      original Keras files, as published
     <root>/downloads/zenodo-13888473.json       the Zenodo record (md5 and size of each file)
-    <root>/models/ProtRNA_pretrained/           converted copy, written by ``save_pretrained``
+    <root>/models/ProtRNA_pretrained/           converted copy, checked by reloading it (``convert_h5``)
     <root>/locks/                               lock files, so parallel jobs download only once
 
 A file in ``downloads/`` is only ever complete (partial downloads are ``<file>.part``), and a
@@ -29,14 +29,47 @@ ZENODO_URL = "https://zenodo.org"
 
 WeightsKind = Literal["lm", "ss_head"]
 
+#: The published weight files, as data. ``threshold``: the decision threshold the original uses
+#: with a structure head (stored in the converted head's config). ``unverified``: the fields taken
+#: from the original's code or inferred, and never checked against the Zenodo record itself (this
+#: project cannot reach Zenodo); the md5 and exact size always come from the record at download
+#: time. ``other_records``: records asked, in order, when ``record`` does not list the file.
+#: The RnaBench heads: the original's ``pretrained.py`` builds the URL
+#: ``records/13888473/files/<name>.h5`` for every ``ssHead_RF*`` name, while its README says that
+#: the downstream head weights are on record 14795554; which one holds them is unknown here, so
+#: both are asked, 14795554 first. Their thresholds are the defaults of the original's
+#: ``test_downstream_ss_rnabench.py`` (each the best of a 0.10..0.39 sweep on its validation split).
+OFFICIAL_TABLE: tuple[dict, ...] = (
+    {"name": "ProtRNA_pretrained", "record": "13888473", "filename": "ProtRNA_pretrained.h5",
+     "kind": "lm", "approx_size": "2.6 GB",
+     "description": "the ProtRNA language model (ESM-2 650M shape, 38 tokens)"},
+    {"name": "ssHead_RF_bprna", "record": "13888473", "filename": "ssHead_RF_bprna.h5",
+     "kind": "ss_head", "approx_size": "75 MB", "threshold": 0.25,
+     "description": "RotaFormer structure head trained on bpRNA-1m TR0 (threshold chosen on VL0)"},
+    {"name": "ssHead_RF_rnabench_bprna", "record": "14795554", "other_records": ["13888473"],
+     "filename": "ssHead_RF_rnabench_bprna.h5", "kind": "ss_head", "approx_size": "75 MB",
+     "threshold": 0.29, "unverified": ["record", "filename", "approx_size"],
+     "description": "RotaFormer head for RnaBench's bpRNA task (threshold chosen on bprna_val)"},
+    {"name": "ssHead_RF_rnabench_intra", "record": "14795554", "other_records": ["13888473"],
+     "filename": "ssHead_RF_rnabench_intra.h5", "kind": "ss_head", "approx_size": "75 MB",
+     "threshold": 0.21, "unverified": ["record", "filename", "approx_size"],
+     "description": "RotaFormer head for RnaBench's intra-family split (threshold chosen on its validation split)"},
+    {"name": "ssHead_RF_rnabench_inter", "record": "14795554", "other_records": ["13888473"],
+     "filename": "ssHead_RF_rnabench_inter.h5", "kind": "ss_head", "approx_size": "75 MB",
+     "threshold": 0.14, "unverified": ["record", "filename", "approx_size"],
+     "description": "RotaFormer head for RnaBench's inter-family split (threshold chosen on its validation split)"},
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class OfficialWeights:
-    """One published weight file.
+    """One published weight file (one row of :data:`OFFICIAL_TABLE`).
 
-    >>> weights = OFFICIAL_WEIGHTS["ssHead_RF_bprna"]
-    >>> weights.kind, weights.filename
-    ('ss_head', 'ssHead_RF_bprna.h5')
+    >>> weights = OFFICIAL_WEIGHTS["ssHead_RF_rnabench_inter"]
+    >>> weights.kind, weights.filename, weights.threshold, weights.records
+    ('ss_head', 'ssHead_RF_rnabench_inter.h5', 0.14, ('14795554', '13888473'))
+    >>> "record" in weights.unverified, OFFICIAL_WEIGHTS["ssHead_RF_bprna"].unverified
+    (True, ())
     """
 
     name: str
@@ -45,11 +78,37 @@ class OfficialWeights:
     kind: WeightsKind
     approx_size: str  # for messages only; the exact size comes from the record
     description: str
+    threshold: float | None = None  # structure heads: the original's decision threshold
+    other_records: tuple[str, ...] = ()
+    unverified: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        fields = {f.name for f in dataclasses.fields(self)}
+        unknown = set(self.unverified) - fields
+        if unknown:
+            raise ValueError(f"{self.name}: 'unverified' names no field {sorted(unknown)}")
+        if (self.threshold is None) != (self.kind != "ss_head"):
+            raise ValueError(f"{self.name}: a threshold belongs to every structure head and to nothing else")
+
+    @classmethod
+    def from_row(cls, row: dict) -> "OfficialWeights":
+        """An entry from one row of :data:`OFFICIAL_TABLE` (lists become tuples)."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in row.items()}
+        return cls(**values)
+
+    @property
+    def records(self) -> tuple[str, ...]:
+        """Every record that may hold the file, in the order they are asked."""
+        return (self.record, *self.other_records)
 
     @property
     def url(self) -> str:
-        """Download URL of the file (under ``PROTRNA_ZENODO_URL`` when set)."""
-        return f"{zenodo_url()}/records/{self.record}/files/{self.filename}"
+        """Download URL of the file in its main record (under ``PROTRNA_ZENODO_URL`` when set)."""
+        return self.url_in(self.record)
+
+    def url_in(self, record: str) -> str:
+        """Download URL of the file in ``record``."""
+        return f"{zenodo_url()}/records/{record}/files/{self.filename}"
 
     @property
     def download_path(self) -> Path:
@@ -63,25 +122,7 @@ class OfficialWeights:
 
 
 OFFICIAL_WEIGHTS: dict[str, OfficialWeights] = {
-    w.name: w
-    for w in (
-        OfficialWeights(
-            name="ProtRNA_pretrained",
-            record="13888473",
-            filename="ProtRNA_pretrained.h5",
-            kind="lm",
-            approx_size="2.6 GB",
-            description="the ProtRNA language model (ESM-2 650M shape, 38 tokens)",
-        ),
-        OfficialWeights(
-            name="ssHead_RF_bprna",
-            record="13888473",
-            filename="ssHead_RF_bprna.h5",
-            kind="ss_head",
-            approx_size="75 MB",
-            description="the RotaFormer secondary-structure head trained on bpRNA-1m",
-        ),
-    )
+    row["name"]: OfficialWeights.from_row(row) for row in OFFICIAL_TABLE
 }
 
 

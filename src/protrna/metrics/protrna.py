@@ -1,4 +1,5 @@
-"""Per-sequence structure scores, exactly as the original ``test_downstream_ss.py`` computes them.
+"""The ``protrna`` protocol: per-sequence scores exactly as the original ``test_downstream_ss.py``
+computes them (the RnaBench protocol is :mod:`protrna.metrics.rnabench`).
 
 Two families, both on symmetric 0/1 pair matrices:
 
@@ -13,7 +14,7 @@ Two families, both on symmetric 0/1 pair matrices:
 
 Always say which F1 a number is: strict (most papers) or shifted (RiNALMo, AIDO.RNA).
 Plain numpy: the counts below give the same numbers as scikit-learn (checked against the
-original to 1e-9 in ``tests/test_metrics.py``).
+original to 1e-9 in ``tests/metrics/test_protrna.py``).
 
 >>> from protrna.structure import BasePairs
 >>> target = BasePairs(8, [(0, 7), (1, 6)])
@@ -29,7 +30,7 @@ from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
-from .structure import BasePairs
+from ..structure import BasePairs
 
 #: Metric names in the order the original prints them.
 METRICS: tuple[str, ...] = ("f1", "mcc", "precision", "recall", "accuracy", "f1_shifted")

@@ -1,0 +1,1 @@
+"""Fused CPU kernels for the RotaFormer head (placeholder until Part B lands)."""

@@ -1,0 +1,38 @@
+"""The inference runtime under the jobs: model preparation, budgets and defaults, the windowed
+language-model encoder, the structure predictor, and the one resume mechanism.
+
+Jobs (``embed``, ``fold``, ``evaluate``, ``score``, fine-tuned prediction, the training feature
+cache) import from here and never from each other.
+"""
+
+from .defaults import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP
+from .encoder import EncodedSequence, WindowedEncoder, plan_windows
+from .models import (
+    checked_device,
+    checked_dtype,
+    pack_if_owned,
+    pair_budget,
+    prepare_head,
+    prepare_model,
+    token_budget,
+)
+from .predictor import PairProbabilities, StructurePredictor, load_predictor
+
+__all__ = [
+    "DEFAULT_HEAD",
+    "DEFAULT_MODEL",
+    "DEFAULT_OVERLAP",
+    "EncodedSequence",
+    "PairProbabilities",
+    "StructurePredictor",
+    "WindowedEncoder",
+    "checked_device",
+    "checked_dtype",
+    "load_predictor",
+    "pack_if_owned",
+    "pair_budget",
+    "plan_windows",
+    "prepare_head",
+    "prepare_model",
+    "token_budget",
+]
