@@ -154,6 +154,14 @@ def test_pseudo_perplexity_is_exp_of_minus_mean_pll(tiny_model):
         pseudo_perplexity(tiny_model, "GGGAAACCC")
 
 
+def test_masked_log_probs_of_single_positions(tiny_model):
+    sequence = "GGACUNCG"
+    found = MaskedScorer(tiny_model, max_tokens=25).masked_log_probs(sequence, [0, 5, 7])
+    for row, i in zip(found, [0, 5, 7]):
+        expected = plain_log_probs(tiny_model, sequence, [i])[i]
+        assert row == pytest.approx([float(expected[token_of(b)]) for b in LETTERS], **TOLERANCE)
+
+
 def test_an_rna_of_only_ambiguous_letters_has_no_pppl(tiny_model):
     result = pseudo_likelihoods(tiny_model, ["NNN"])[0]
     assert (result.scored, result.pll) == (0, 0.0) and math.isnan(result.pppl)
