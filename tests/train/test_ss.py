@@ -71,7 +71,8 @@ def arguments(lm_dir, sets, output, cache_dir, *extra):
     return [
         "train-ss", "--model", str(lm_dir), "--train", str(sets["train"]), "--valid", str(sets["valid"]),
         "--output", str(output), "--cache-dir", str(cache_dir), "--max-length", str(MAX_LENGTH), *HEAD,
-        "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--log-every", "1", *extra,
+        "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--log-every", "1",
+        "--threshold-grid", "0.05", "0.95", "0.05", *extra,  # the grid these tests were written for
     ]
 
 
