@@ -370,6 +370,8 @@ def evaluate_predictor(
     protocol = get_protocol(protocol)
     metrics, scorer = protocol.metrics, _scorer(protocol)
     references, left_out = _scored_references(references, protocol)
+    if not references:
+        raise ValueError(f"{name}: no reference to score (protocol {protocol.name} needs references with pairs)")
     by_id = {record.id: record for record in references}
     rows: dict[str, dict] = {}
     sink = None
@@ -404,6 +406,77 @@ def evaluate_predictor(
     return Evaluation(name, [rows[r.id] for r in references], settings=all_settings, protocol=protocol)
 
 
+def sweep_threshold(
+    valid: Sequence[StructureRecord],
+    predictor,
+    *,
+    grid: Sequence[float] | None = None,
+    protocol: str | Protocol = "protrna",
+    valid_name: str = "valid",
+    progress: bool = True,
+) -> dict:
+    """Choose the head's threshold on ``valid`` as the original's validation step does.
+
+    Every scored record of ``valid`` is predicted once, and the threshold of ``grid`` (default
+    0.10, 0.11, ..., 0.40, the original's) with the highest mean per-sequence F1 of ``protocol``
+    is taken (:func:`protrna.train.ss.select_threshold`, as in ``protrna train-ss``; probability
+    maps are used one at a time). Returns :func:`protrna.metrics.sweep.sweep_summary`: the curve,
+    the choice, the protocol. (The original's script meant the same sweep, but its loop scores
+    the fixed default threshold at every grid value and then keeps the first, 0.10.)
+    """
+    import itertools
+
+    from tqdm.auto import tqdm
+
+    from .metrics.sweep import sweep_summary
+    from .train.ss import DEFAULT_GRID, select_threshold, threshold_grid
+
+    protocol = get_protocol(protocol)
+    grid = list(grid) if grid is not None else threshold_grid(*DEFAULT_GRID)
+    scored, left_out = _scored_references(valid, protocol)
+    if not scored:
+        raise ValueError(f"{valid_name}: no record to choose a threshold on (protocol {protocol.name})")
+    by_id = {record.id: record for record in scored}
+    with tqdm(total=len(scored), unit="seq", desc="sweep", disable=not progress, dynamic_ncols=True) as bar:
+        def maps():
+            for result in predictor.predict([(r.id, r.sequence) for r in scored]):
+                bar.update(1)
+                yield result.probabilities, by_id[result.id].pairs
+
+        first, second = itertools.tee(maps())
+        threshold, mean = select_threshold((p for p, _ in first), (r for _, r in second), grid, protocol)
+    summary = sweep_summary(grid, mean, threshold, protocol, valid=valid_name, n=len(scored))
+    if left_out:
+        summary["left_out_without_pairs"] = left_out
+    return summary
+
+
+def _sweep(args, predictor, head_name: str) -> dict:
+    """``--sweep``: choose the threshold on VALID, write the curve and a copy of the head with it."""
+    from .heads.ss import RotaFormer
+    from .metrics.sweep import check_head_output, save_head_with_threshold, write_sweep
+    from .pretrained import load_pretrained_as, source_name
+    from .train.ss import threshold_grid
+    from .weights.registry import cache_root
+
+    head_dir = args.sweep_output / "head"
+    protected = [cache_root()] + [p for p in (source_name(head_name),) if Path(p).exists()]
+    check_head_output(head_dir, protected)
+    valid = read_reference(args.sweep)
+    grid = threshold_grid(*args.threshold_grid) if args.threshold_grid else None
+    summary = sweep_threshold(valid, predictor, grid=grid, protocol=args.protocol, valid_name=str(args.sweep),
+                              progress=not args.quiet)
+    summary["head"] = getattr(predictor.head, "source", head_name)
+    json_path, png_path = write_sweep(summary, args.sweep_output)
+    # A fresh copy of the head as stored (the predictor's may run in another dtype).
+    head = load_pretrained_as(head_name, RotaFormer, "a structure head")
+    save_head_with_threshold(head, summary["threshold"], head_dir, summary)
+    print(f"threshold {summary['threshold']:g} chosen on {args.sweep} (mean {summary['metric']} "
+          f"{summary['best_mean_f1']:.4f}, n = {summary['n']}, protocol {summary['protocol']}); curve: {json_path}, "
+          f"{png_path}; head with this threshold: {head_dir}")
+    return summary
+
+
 def add_parser(subparsers) -> None:
     import argparse
 
@@ -411,14 +484,19 @@ def add_parser(subparsers) -> None:
         "evaluate",
         help="score secondary structures against a reference set (the paper's TS0 test)",
         description="Score ProtRNA (language model + structure head) or any predictor's structures "
-        "against a reference set, with the original protocol: strict and shifted F1, MCC, "
-        "precision, recall, accuracy, as means over sequences.",
+        "against a reference set, with the original's protocol (--protocol protrna: strict and shifted F1, "
+        "MCC, precision, recall, accuracy) or RnaBench 0.1.2's (--protocol rnabench), as means over sequences.",
         epilog="examples: protrna evaluate --reference TS0.dbn --per-sequence ts0.tsv --summary ts0.json\n"
-        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold",
+        "          protrna evaluate --reference TS0.dbn --predictions mine.dbn --baseline rnafold\n"
+        "          protrna evaluate --protocol rnabench --reference TS0.dbn --sweep VL0.dbn --sweep-output runs/sweep",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--reference", required=True, type=Path,
                         help="3-line .dbn, PDB .tsv, .bpseq/.ct file or a folder of them")
+    parser.add_argument("--protocol", choices=["protrna", "rnabench"], default="protrna",
+                        help="protrna: the original test_downstream_ss.py (default); rnabench: RnaBench 0.1.2's "
+                        "folding benchmark, as the original's test_downstream_ss_rnabench.py (references "
+                        "without pairs left out)")
     scored = parser.add_argument_group("scoring given structures (instead of running the model)")
     scored.add_argument("--predictions", type=Path,
                         help="structures to score: 3-line .dbn (protrna fold, RNAfold, MXfold2 ...; energies "
@@ -437,6 +515,14 @@ def add_parser(subparsers) -> None:
     model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                        help="compute dtype (default: float32, the closest to the original)")
     model.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    model.add_argument("--sweep", type=Path, default=None, metavar="VALID",
+                       help="choose the threshold on this validation set first (best mean F1 of --protocol "
+                       "over --threshold-grid), then evaluate with it")
+    model.add_argument("--sweep-output", type=Path, default=None, metavar="DIR",
+                       help="with --sweep: DIR/threshold_sweep.json and .png (the curve) and DIR/head, a copy of "
+                       "the head with the chosen threshold (for --head); the cached head is never changed")
+    model.add_argument("--threshold-grid", type=float, nargs=3, default=None, metavar=("START", "STOP", "STEP"),
+                       help="with --sweep: thresholds tried (default 0.10 0.40 0.01, the original's)")
     parser.add_argument("--baseline", nargs="+", default=[], choices=["rnafold"],
                         help="also score RNAfold (needs pip install 'protrna[rnafold]') on the same sequences")
     parser.add_argument("--limit", type=int, default=None, help="only the first N reference records")
@@ -459,7 +545,8 @@ def _predictor_name(path: Path) -> str:
 def _check_options(args) -> None:
     """Options that do nothing in the chosen mode are errors, not silently ignored."""
     if args.predictions is not None:
-        ignored = [f"--{name.replace('_', '-')}" for name in ("model", "head", "threshold", "dtype", "device")
+        ignored = [f"--{name.replace('_', '-')}" for name in ("model", "head", "threshold", "dtype", "device",
+                                                              "sweep", "sweep_output", "threshold_grid")
                    if getattr(args, name) is not None]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} apply to running the model; --predictions are scored as given")
@@ -470,6 +557,15 @@ def _check_options(args) -> None:
         if ignored:
             raise ValueError(f"{', '.join(ignored)} apply to --predictions; the model predicts every reference")
     check_threshold(args.threshold)
+    if args.sweep is None:
+        ignored = [flag for flag, value in (("--sweep-output", args.sweep_output),
+                                            ("--threshold-grid", args.threshold_grid)) if value is not None]
+        if ignored:
+            raise ValueError(f"{', '.join(ignored)} apply to --sweep")
+    elif args.threshold is not None:
+        raise ValueError("--threshold and --sweep exclude each other: --sweep chooses the threshold")
+    elif args.sweep_output is None:
+        raise ValueError("--sweep needs --sweep-output DIR: where the curve and the head with the chosen threshold go")
     if args.limit is not None and args.limit < 1:
         raise ValueError("--limit must be at least 1")
 
@@ -494,7 +590,7 @@ def _run(args) -> int:
         main = score_predictions(
             references, predictions, predictor=_predictor_name(args.predictions),
             on_missing=args.on_missing, on_sequence_mismatch=args.on_sequence_mismatch,
-            settings={**common, "predictions": str(args.predictions)},
+            settings={**common, "predictions": str(args.predictions)}, protocol=args.protocol,
         )
     else:
         from .fold import load_predictor
@@ -502,19 +598,26 @@ def _run(args) -> int:
         model, head = args.model or _DEFAULT_MODEL, args.head or _DEFAULT_HEAD
         dtype = args.dtype or "float32"
         predictor = load_predictor(model, head, dtype=dtype, device=args.device)
+        threshold, swept = args.threshold, {}
+        if args.sweep is not None:
+            sweep = _sweep(args, predictor, head)
+            threshold = sweep["threshold"]
+            swept = {"threshold_sweep": {"valid": str(args.sweep), "grid": list(sweep["curve"]),
+                                         "output": str(args.sweep_output)}}
         main = evaluate_predictor(
-            references, predictor, threshold=args.threshold, progress=not args.quiet,
-            resume_from=args.per_sequence,
+            references, predictor, threshold=threshold, progress=not args.quiet,
+            resume_from=args.per_sequence, protocol=args.protocol,
             # Where the weights came from (paths made absolute): a resume from another folder matches.
             settings={**common, "model": getattr(predictor.lm, "source", model),
-                      "head": getattr(predictor.head, "source", head), "dtype": dtype},
+                      "head": getattr(predictor.head, "source", head), "dtype": dtype, **swept},
         )
     evaluations = [main]
     if "rnafold" in args.baseline:
         from .baselines import rnafold_records
 
         evaluations.append(score_predictions(references, list(rnafold_records(references)), predictor="RNAfold",
-                                             settings={**common, "baseline": "ViennaRNA RNAfold, default parameters"}))
+                                             settings={**common, "baseline": "ViennaRNA RNAfold, default parameters"},
+                                             protocol=args.protocol))
     print(format_table(evaluations))
     if args.per_sequence is not None:
         write_scores_tsv(main, args.per_sequence)

@@ -17,7 +17,7 @@ VL0. The language model is frozen, so its representations are computed once and 
   warmup + cosine, bf16, several processes;
 * validation logs ``valid_loss`` and the best mean per-sequence strict F1 over the threshold grid
   (``valid_f1`` at ``valid_threshold``; the F1 of ``--protocol``, protrna's or RnaBench's; grid
-  0.10-0.39 by 0.01 by default, the original's); at the end that threshold is stored in the head's
+  0.10-0.40 by 0.01 by default, the original's); at the end that threshold is stored in the head's
   config and ``DIR/final`` is written, a RotaFormer directory for ``protrna fold/evaluate --head``.
 
     protrna train-ss --model ProtRNA_pretrained --train TR0.dbn --valid VL0.dbn --output runs/ss
@@ -76,9 +76,10 @@ from .loop import (
 
 logger = logging.getLogger(__name__)
 
-#: Default threshold grid: 0.10, 0.11, ..., 0.39, the original's sweep (``np.arange(0.1, 0.4, 0.01)``
-#: in test_downstream_ss_rnabench.py; the released bpRNA head's 0.25 lies inside).
-DEFAULT_GRID = (0.10, 0.39, 0.01)
+#: Default threshold grid: 0.10, 0.11, ..., 0.40, the 31 values of the original's sweep,
+#: ``np.arange(0.1, 0.4, 0.01)`` in test_downstream_ss_rnabench.py (float rounding puts ~0.4 inside);
+#: the released bpRNA head's 0.25 lies inside.
+DEFAULT_GRID = (0.10, 0.40, 0.01)
 #: Default cap on B x L_max^2 pair cells per micro-batch.
 DEFAULT_MAX_PAIRS = 2**17
 
@@ -493,7 +494,7 @@ def add_parser(subparsers) -> None:
                       help="loss weight of paired cells relative to unpaired (default %(default)s)")
     data.add_argument("--threshold-grid", type=float, nargs=3, default=DEFAULT_GRID,
                       metavar=("START", "STOP", "STEP"),
-                      help="thresholds tried on --valid (default 0.10 0.39 0.01, the original's)")
+                      help="thresholds tried on --valid (default 0.10 0.40 0.01, the original's)")
     data.add_argument("--protocol", choices=sorted(PROTOCOLS), default="protrna",
                       help="whose F1 picks the threshold: protrna (test_downstream_ss.py, default) or rnabench "
                       "(RnaBench 0.1.2, references without pairs left out)")
