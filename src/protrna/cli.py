@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "protrna.embed",
     "protrna.fold",
     "protrna.evaluate",
+    "protrna.data.rnabench",
     "protrna.weights.cli",
     "protrna.train.pretrain",
     "protrna.train.ss",
