@@ -60,7 +60,7 @@ METRICS: tuple[str, ...] = (
     "f1_score", "mcc", "weisfeiler_lehman", "recall", "precision", "specificity", "solved", "f1_shifted",
 )
 
-#: Added by RnaBench to every denominator of the count-based metrics.
+#: Added by RnaBench to every denominator of the count-based metrics (under the root for MCC).
 EPSILON = 1e-8
 
 #: Refinement levels of the Weisfeiler-Lehman kernel after the initial labels (grakel's ``n_iter``).
