@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "protrna.fold",
     "protrna.evaluate",
     "protrna.score",
+    "protrna.data.rnabench",
     "protrna.weights.cli",
     "protrna.train.pretrain",
     "protrna.train.ss",

@@ -71,7 +71,8 @@ def arguments(lm_dir, sets, output, cache_dir, *extra):
     return [
         "train-ss", "--model", str(lm_dir), "--train", str(sets["train"]), "--valid", str(sets["valid"]),
         "--output", str(output), "--cache-dir", str(cache_dir), "--max-length", str(MAX_LENGTH), *HEAD,
-        "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--log-every", "1", *extra,
+        "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--log-every", "1",
+        "--threshold-grid", "0.05", "0.95", "0.05", *extra,  # the grid these tests were written for
     ]
 
 
@@ -349,3 +350,25 @@ def test_torchrun_two_processes_train_and_resume(lm_dir, sets, tmp_path):
         if "valid_loss" in a:
             assert b["valid_loss"] == pytest.approx(a["valid_loss"], rel=1e-6)
             assert b["valid_f1"] == pytest.approx(a["valid_f1"], rel=1e-6)
+
+
+def test_rnabench_protocol_chooses_on_its_f1_without_unpaired_references(lm_dir, sets, tmp_path):
+    valid = tmp_path / "valid.dbn"
+    valid.write_text(sets["valid"].read_text() + ">unpaired\nACGUACGUACGU\n............\n")
+    out = tmp_path / "run"
+    args = arguments(lm_dir, dict(sets, valid=valid), out, tmp_path / "cache", "--max-steps", "2",
+                     "--eval-every", "2", "--save-every", "2", "--keep-checkpoints", "0", "--protocol", "rnabench",
+                     "--threshold-grid", "0.01", "0.09", "0.01")
+    assert cli.main(args) == 0
+    head = RotaFormer.from_pretrained(out / "final")
+    records = list(read_dbn(valid))
+    maps = {p.id: p.probabilities for p in StructurePredictor(ProtRNA.from_pretrained(lm_dir), head).predict(
+        [(r.id, r.sequence) for r in records])}
+    grid = threshold_grid(0.01, 0.09, 0.01)  # two steps in, pair probabilities are low
+    threshold, curve = select_threshold([maps[r.id] for r in records], [r.pairs for r in records], grid, "rnabench")
+    assert curve.max() > 0
+    with_unpaired = select_threshold([maps[r.id] for r in records], [r.pairs for r in records], grid)[1]
+    assert not np.allclose(curve, with_unpaired)  # another F1 and another mean: the protocol mattered
+    saved = json.loads((out / "final" / "train_ss.json").read_text())
+    assert saved["protocol"] == "rnabench" and head.config.threshold == threshold
+    np.testing.assert_allclose([saved["valid_mean_f1_by_threshold"][str(t)] for t in grid], curve, atol=1e-9)

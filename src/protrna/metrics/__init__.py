@@ -32,15 +32,20 @@ def _every_reference(reference: BasePairs) -> bool:
     return True
 
 
+def _protrna_f1(pred: Structure, target: Structure) -> float:
+    return score(pred, target)["f1"]
+
+
 @dataclasses.dataclass(frozen=True)
 class Protocol:
     """One way of scoring structures: names, per-sequence scorer and averaging.
 
     Args:
         name: what ``--protocol`` takes and every output records.
-        description: what the numbers mean, stored in summaries and settings.
+        description: what the numbers mean, starting with the name; stored in summaries and settings.
         metrics: the per-sequence metric names, in table and TSV order.
         f1: the metric a threshold sweep maximises.
+        f1_only: ``f1_only(pred, target)``, that metric alone (what sweeps call, many times).
         score: ``score(pred, target) -> {metric: value}`` for one sequence.
         mean_scores: the average over sequences that the protocol reports.
         is_scored: whether a reference takes part at all (RnaBench drops references without pairs).
@@ -51,6 +56,7 @@ class Protocol:
     description: str
     metrics: tuple[str, ...]
     f1: str
+    f1_only: Callable[..., float]
     score: Callable[..., dict]
     mean_scores: Callable[[Iterable[Mapping[str, float]]], dict]
     is_scored: Callable[[BasePairs], bool]
@@ -61,12 +67,13 @@ PROTOCOLS: dict[str, Protocol] = {
     "protrna": Protocol(
         name="protrna",
         description=(
-            "ProtRNA test_downstream_ss.py: strict f1/mcc/precision/recall/accuracy over the strictly "
+            "protrna: ProtRNA test_downstream_ss.py: strict f1/mcc/precision/recall/accuracy over the strictly "
             "lower triangle (scikit-learn definitions, 0 where undefined); f1_shifted as RiNALMo "
             "(one-base shift allowed, upper triangle); plain means over sequences"
         ),
         metrics=METRICS,
         f1="f1",
+        f1_only=_protrna_f1,
         score=score,
         mean_scores=mean_scores,
         is_scored=_every_reference,
@@ -75,13 +82,14 @@ PROTOCOLS: dict[str, Protocol] = {
     "rnabench": Protocol(
         name="rnabench",
         description=(
-            "RnaBench 0.1.2 RnaFoldingBenchmark, as ProtRNA's test_downstream_ss_rnabench.py: counts over "
+            "rnabench: RnaBench 0.1.2 RnaFoldingBenchmark, as ProtRNA's test_downstream_ss_rnabench.py: counts over "
             "the whole symmetric matrix with 1e-8 in every denominator; f1_shifted as e2efold; "
             "weisfeiler_lehman as grakel WL (n_iter=5, normalized); references without pairs left out; "
             "NaN as 0; plain means over sequences"
         ),
         metrics=rnabench.METRICS,
         f1="f1_score",
+        f1_only=rnabench.f1_score,
         score=rnabench.score,
         mean_scores=rnabench.mean_scores,
         is_scored=rnabench.is_scored,

@@ -60,7 +60,7 @@ METRICS: tuple[str, ...] = (
     "f1_score", "mcc", "weisfeiler_lehman", "recall", "precision", "specificity", "solved", "f1_shifted",
 )
 
-#: Added by RnaBench to every denominator of the count-based metrics.
+#: Added by RnaBench to every denominator of the count-based metrics (under the root for MCC).
 EPSILON = 1e-8
 
 #: Refinement levels of the Weisfeiler-Lehman kernel after the initial labels (grakel's ``n_iter``).
@@ -95,6 +95,15 @@ def _length_of(structure: Structure) -> int | None:
         return structure.length
     shape = getattr(structure, "shape", ())
     return int(shape[0]) if len(shape) == 2 and shape[0] == shape[1] else None
+
+
+def _matrices(pred: Structure, target: Structure, length: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Both structures as symmetric bool matrices of one length."""
+    lengths = (_length_of(pred), _length_of(target))
+    if length is None and None not in lengths and lengths[0] != lengths[1]:
+        raise ValueError(f"pred is {lengths[0]} nt long but target is {lengths[1]} nt long")
+    length = length if length is not None else (lengths[0] or lengths[1])
+    return _pairs(pred, length, "pred").to_matrix(dtype=bool), _pairs(target, length, "target").to_matrix(dtype=bool)
 
 
 def count_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
@@ -172,20 +181,17 @@ def score(pred: Structure, target: Structure, *, length: int | None = None) -> d
     >>> score([(0, 4)], [(0, 4)], length=5)["solved"]
     1.0
     """
-    length = length if length is not None else (_length_of(pred) or _length_of(target))
-    pred_pairs = _pairs(pred, length, "pred")
-    target_pairs = _pairs(target, length, "target")
-    if pred_pairs.length != target_pairs.length:
-        raise ValueError(
-            f"pred is {pred_pairs.length} nt long but target is {target_pairs.length} nt long"
-        )
-    pred_matrix = pred_pairs.to_matrix(dtype=bool)
-    target_matrix = target_pairs.to_matrix(dtype=bool)
+    pred_matrix, target_matrix = _matrices(pred, target, length)
     scores = count_metrics(pred_matrix, target_matrix)
     scores["weisfeiler_lehman"] = weisfeiler_lehman(pred_matrix, target_matrix)
     scores["solved"] = float(np.array_equal(pred_matrix, target_matrix))
     scores["f1_shifted"] = shifted_f1(pred_matrix, target_matrix)
     return {name: scores[name] for name in METRICS}
+
+
+def f1_score(pred: Structure, target: Structure, *, length: int | None = None) -> float:
+    """``score(pred, target)["f1_score"]`` alone, without the other metrics (for threshold sweeps)."""
+    return count_metrics(*_matrices(pred, target, length))["f1_score"]
 
 
 def is_scored(reference: BasePairs) -> bool:

@@ -16,8 +16,9 @@ VL0. The language model is frozen, so its representations are computed once and 
 * training runs in the shared loop (:mod:`protrna.train.loop`): checkpoints, exact resume,
   warmup + cosine, bf16, several processes;
 * validation logs ``valid_loss`` and the best mean per-sequence strict F1 over the threshold grid
-  (``valid_f1`` at ``valid_threshold``); at the end that threshold is stored in the head's config
-  and ``DIR/final`` is written, a RotaFormer directory for ``protrna fold/evaluate --head``.
+  (``valid_f1`` at ``valid_threshold``; the F1 of ``--protocol``, protrna's or RnaBench's; grid
+  0.10-0.40 by 0.01 by default, the original's); at the end that threshold is stored in the head's
+  config and ``DIR/final`` is written, a RotaFormer directory for ``protrna fold/evaluate --head``.
 
     protrna train-ss --model ProtRNA_pretrained --train TR0.dbn --valid VL0.dbn --output runs/ss
 """
@@ -28,11 +29,12 @@ import argparse
 import dataclasses
 import functools
 import gc
+import itertools
 import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -48,7 +50,7 @@ from ..data.batching import pair_cost, sorted_batches
 from ..data.buckets import LengthBucketBatches, MappedBatches
 from ..data.records import InvalidRecordError
 from ..heads.ss import RotaFormer, RotaFormerConfig
-from ..metrics import score
+from ..metrics import PROTOCOLS, Protocol, get_protocol
 from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
 from ..pretrained import source_name
 from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
@@ -74,8 +76,10 @@ from .loop import (
 
 logger = logging.getLogger(__name__)
 
-#: Default threshold grid: 0.05, 0.10, ..., 0.95 (the original chose 0.25 on VL0).
-DEFAULT_GRID = (0.05, 0.95, 0.05)
+#: Default threshold grid: 0.10, 0.11, ..., 0.40, the 31 values of the original's sweep,
+#: ``np.arange(0.1, 0.4, 0.01)`` in test_downstream_ss_rnabench.py (float rounding puts ~0.4 inside);
+#: the released bpRNA head's 0.25 lies inside.
+DEFAULT_GRID = (0.10, 0.40, 0.01)
 #: Default cap on B x L_max^2 pair cells per micro-batch.
 DEFAULT_MAX_PAIRS = 2**17
 
@@ -185,10 +189,14 @@ def threshold_grid(start: float, stop: float, step: float) -> list[float]:
     return [round(start + k * step, 10) for k in range(count)]
 
 
-def f1_by_threshold(probabilities: np.ndarray, reference: BasePairs, grid: Sequence[float]) -> np.ndarray:
-    """Strict F1 (:func:`protrna.metrics.score`) of ``probabilities > t`` for each ``t`` in ``grid``."""
+def f1_by_threshold(
+    probabilities: np.ndarray, reference: BasePairs, grid: Sequence[float], protocol: str | Protocol = "protrna"
+) -> np.ndarray:
+    """The protocol's F1 (strict ``f1`` of :mod:`protrna.metrics.protrna`, or RnaBench's
+    ``f1_score``) of ``probabilities > t`` for each ``t`` in ``grid``."""
+    f1_only = get_protocol(protocol).f1_only
     target = reference.to_matrix(dtype=bool)
-    return np.array([score(decode_matrix(probabilities, t), target)["f1"] for t in grid])
+    return np.array([f1_only(decode_matrix(probabilities, t), target) for t in grid])
 
 
 def pick_threshold(grid: Sequence[float], mean_f1: Sequence[float]) -> float:
@@ -204,19 +212,32 @@ def pick_threshold(grid: Sequence[float], mean_f1: Sequence[float]) -> float:
 
 
 def select_threshold(
-    probabilities: Sequence[np.ndarray], references: Sequence[BasePairs], grid: Sequence[float]
+    probabilities: Sequence[np.ndarray] | Iterable[np.ndarray],
+    references: Sequence[BasePairs] | Iterable[BasePairs],
+    grid: Sequence[float],
+    protocol: str | Protocol = "protrna",
 ) -> tuple[float, np.ndarray]:
-    """The threshold maximising the mean per-sequence strict F1, and the mean F1 at each grid
-    value. Probabilities are decoded as the original does: ``p > t``, nothing else.
+    """The threshold maximising the mean per-sequence F1 of ``protocol``, and the mean F1 at each
+    grid value. Probabilities are decoded as the original does: ``p > t``, nothing else. Both
+    arguments may be iterators (maps are then used one at a time, never all held); references
+    the protocol does not score (RnaBench: no pair) are left out of the mean.
 
     >>> p = np.zeros((4, 4)); p[0, 3] = p[3, 0] = 0.6; p[1, 2] = p[2, 1] = 0.3
     >>> select_threshold([p], [BasePairs(4, [(0, 3)])], [0.2, 0.4, 0.8])[0]
     0.4
     """
-    if len(probabilities) != len(references) or not references:
-        raise ValueError("need one probability map per reference, and at least one")
-    total = sum(f1_by_threshold(p, r, grid) for p, r in zip(probabilities, references))
-    mean = total / len(references)
+    protocol = get_protocol(protocol)
+    total, count = np.zeros(len(grid)), 0
+    unpaired = object()
+    for p, r in itertools.zip_longest(probabilities, references, fillvalue=unpaired):
+        if p is unpaired or r is unpaired:
+            raise ValueError("need one probability map per reference")
+        if protocol.is_scored(r):
+            total += f1_by_threshold(p, r, grid, protocol)
+            count += 1
+    if not count:
+        raise ValueError(f"no reference to choose a threshold on (protocol {protocol.name} needs references with pairs)")
+    mean = total / count
     return pick_threshold(grid, mean), mean
 
 
@@ -225,14 +246,16 @@ class StructureValidation:
     :func:`~protrna.train.loop.evaluate_loss` (every process runs the same number of forwards).
 
     Calling it returns ``valid_loss`` (mean BCE per cell ``i < j``), ``valid_f1`` (best mean
-    strict F1 on the grid) and ``valid_threshold``; the whole curve is in :attr:`last`.
+    F1 of ``protocol`` on the grid) and ``valid_threshold``; the whole curve is in :attr:`last`.
     """
 
     def __init__(self, accelerator: Accelerator, records: Sequence[StructureRecord], features: FeatureCache,
-                 grid: Sequence[float], *, batch_size: int, max_pairs: int | None, pos_weight: float):
+                 grid: Sequence[float], *, batch_size: int, max_pairs: int | None, pos_weight: float,
+                 protocol: str | Protocol = "protrna"):
         self.accelerator = accelerator
         self.records, self.features, self.grid = records, features, list(grid)
         self.pos_weight = pos_weight
+        self.protocol = get_protocol(protocol)
         self.batches = sorted_batches([len(r) for r in records], max_items=batch_size, max_cost=max_pairs)
         self.last: dict | None = None
 
@@ -256,12 +279,16 @@ class StructureValidation:
             totals[1] += batch["n_items"]
             for row, record_index in enumerate(indices):
                 record = self.records[record_index]
+                if not self.protocol.is_scored(record.pairs):
+                    continue  # RnaBench leaves references without pairs out of its means
                 n = len(record)
                 # As `protrna evaluate`: float32 logits -> probabilities -> p > threshold.
                 probabilities = sigmoid(logits[row, :n, :n].cpu().numpy()).astype(np.float32)
-                totals[3:] += torch.from_numpy(f1_by_threshold(probabilities, record.pairs, self.grid))
+                totals[3:] += torch.from_numpy(f1_by_threshold(probabilities, record.pairs, self.grid, self.protocol))
                 totals[2] += 1
         totals = accelerator.reduce(totals.to(accelerator.device), reduction="sum").cpu()
+        if totals[2] == 0:
+            raise ValueError(f"no validation record that protocol {self.protocol.name} scores (it needs pairs)")
         mean_f1 = (totals[3:] / totals[2]).numpy()
         threshold = pick_threshold(self.grid, mean_f1.tolist())
         result = {
@@ -375,7 +402,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     batches = MappedBatches(sampler, functools.partial(collate_structures, train_features, train_records))
     validation = StructureValidation(accelerator, valid_records, valid_features, grid,
                                      batch_size=args.batch_size, max_pairs=args.max_pairs,
-                                     pos_weight=args.pos_weight)
+                                     pos_weight=args.pos_weight, protocol=args.protocol)
     run_info = {
         "command": "train-ss",
         "protrna_version": __version__,
@@ -395,6 +422,7 @@ def train_ss(args: argparse.Namespace) -> dict:
         "init_head": args.init_head,
         "gradient_checkpointing": args.gradient_checkpointing,
         "threshold_grid": grid,
+        "threshold_protocol": args.protocol,
         "cache": {"train": str(train_features.path), "valid": str(valid_features.path),
                   "dtype": args.cache_dtype},
         "processes": world,
@@ -407,7 +435,9 @@ def train_ss(args: argparse.Namespace) -> dict:
             "lm_fingerprint": fingerprint,
             "threshold": chosen["result"]["valid_threshold"],
             "selected_on": str(args.valid),
-            "selection": "maximum mean per-sequence strict F1 (protrna.metrics.score) of p > t",
+            "selection": f"maximum mean per-sequence {get_protocol(args.protocol).f1} of p > t, "
+                         f"protocol {args.protocol} (protrna.metrics)",
+            "protocol": args.protocol,
             "valid_mean_f1_by_threshold": chosen["mean_f1_by_threshold"],
             "valid_loss": chosen["result"]["valid_loss"],
             "valid_f1": chosen["result"]["valid_f1"],
@@ -456,7 +486,11 @@ def add_parser(subparsers) -> None:
     data.add_argument("--pos-weight", type=positive, default=1.0,
                       help="loss weight of paired cells relative to unpaired (default %(default)s)")
     data.add_argument("--threshold-grid", type=float, nargs=3, default=DEFAULT_GRID,
-                      metavar=("START", "STOP", "STEP"), help="thresholds tried on --valid (default 0.05 0.95 0.05)")
+                      metavar=("START", "STOP", "STEP"),
+                      help="thresholds tried on --valid (default 0.10 0.40 0.01, the original's)")
+    data.add_argument("--protocol", choices=sorted(PROTOCOLS), default="protrna",
+                      help="whose F1 picks the threshold: protrna (test_downstream_ss.py, default) or rnabench "
+                      "(RnaBench 0.1.2, references without pairs left out)")
     head = parser.add_argument_group("head shape (defaults: the released ssHead_RF_bprna)")
     defaults = RotaFormerConfig()
     for flag, name in (("--num-blocks", "num_blocks"), ("--single-dim", "single_dim"), ("--pair-dim", "pair_dim"),
