@@ -6,8 +6,9 @@ Two views of one Evoformer block (released widths, random weights) on one RNA of
   block's eight updates, the average over the timed blocks.
 * **Operations**, from ``torch.profiler`` with one thread (so that self times add up to the wall
   time): matrix products (oneDNN linear layers, batched matmuls, the convolution), softmax,
-  layer norm, copies and casts (layout changes, dtype conversions), and the other element-wise
-  work (residual adds, gates, masks).
+  layer norm, copies and casts (layout changes, dtype conversions), the fused gate and residual
+  kernels (:mod:`protrna.kernels`), and the other element-wise work. ``PROTRNA_NO_EXTENSION=1``
+  profiles PyTorch's kernels instead of the compiled ones.
 * **Dispatched operations** per block, on the CPU path and on the path every other device takes
   (counted on PyTorch's ``meta`` device, which computes shapes only). On a GPU each one is at
   least one kernel launch of a few microseconds, so this count bounds how fast short RNAs run.
@@ -34,7 +35,7 @@ import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from protrna import execution
+from protrna import execution, kernels
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -45,10 +46,15 @@ KINDS = {
     "matrix products": (
         "mkldnn::_linear_pointwise", "aten::bmm", "aten::baddbmm", "aten::mm", "aten::addmm", "aten::mkldnn_convolution"
     ),
-    "softmax": ("aten::_softmax",),
-    "layer norm": ("aten::native_layer_norm",),
+    "softmax": ("aten::_softmax", "protrna::softmax_with_bias"),
+    "layer norm": ("aten::native_layer_norm", "protrna::layer_norm", "protrna::layer_norm_channels_first"),
     "copies and casts": ("aten::copy_",),
+    "gates and residual adds (fused)": ("protrna::gated_operand", "protrna::add_"),
 }
+
+#: The compiled kernels run outside PyTorch's dispatcher: the profile sees them through these
+#: labels (with the PyTorch versions, the aten operations inside the label are their own rows).
+FUSED = ("layer_norm", "layer_norm_channels_first", "softmax_with_bias", "gated_operand", "add_")
 
 
 def module_seconds(head: RotaFormer, representations: torch.Tensor, repeats: int) -> dict[str, float]:
@@ -98,12 +104,25 @@ def operation_seconds(head: RotaFormer, representations: torch.Tensor) -> dict[s
     previous = torch.get_num_threads(), head.chunk_threads
     torch.set_num_threads(1)
     head.chunk_threads = 1
+    originals = {name: getattr(kernels, name) for name in FUSED}
+
+    def labelled(name, call):
+        def wrapper(*args, **kwargs):
+            with torch.profiler.record_function(f"protrna::{name}"):
+                return call(*args, **kwargs)
+
+        return wrapper
+
     try:
+        for name, call in originals.items():
+            setattr(kernels, name, labelled(name, call))
         with torch.inference_mode():
             head(representations)  # warm-up
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
                 head(representations)
     finally:
+        for name, call in originals.items():
+            setattr(kernels, name, call)
         torch.set_num_threads(previous[0])
         head.chunk_threads = previous[1]
     kinds: collections.Counter[str] = collections.Counter()

@@ -30,6 +30,17 @@ def data_dir() -> Path:
     return _require(DATA)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels_kept(request, tmp_path_factory):
+    """The head's CPU kernels are compiled once and kept between test runs (in pytest's cache
+    folder), not once per run in each test's fresh cache; a set PROTRNA_EXTENSIONS_DIR wins."""
+    cache = getattr(request.config, "cache", None)
+    folder = cache.mkdir("protrna-extensions") if cache is not None else tmp_path_factory.mktemp("extensions")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PROTRNA_EXTENSIONS_DIR", os.environ.get("PROTRNA_EXTENSIONS_DIR") or str(folder))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Never touch the user's real weight cache from a test."""

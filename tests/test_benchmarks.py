@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from protrna import kernels
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -29,9 +31,20 @@ def test_bench_ss_head_reports_both_dtypes_and_their_difference(tmp_path):
     assert [(r["length"], r["dtype"]) for r in results] == [(12, "fp32"), (12, "bf16")]
     for r in results:
         assert r["seconds"] > 0 and len(r["all_seconds"]) == 2 and r["peak_rss_gb"] >= r["rss_before_gb"] > 0
+        assert r["cpu_seconds"] > 0 and r["kernels"] in ("fused", "pytorch")
     # bf16 logits stay near the fp32 ones of the same weights and input, and differ from them.
     assert 0 < results[1]["max_abs_diff_vs_fp32"] < results[1]["logit_std"]
     assert "| 12 | bf16 |" in done.stdout
+
+
+def test_bench_ss_head_compares_the_kernels_alternating(tmp_path):
+    out = tmp_path / "head.json"
+    run_script("bench_ss_head.py", "--lengths", "12", "--blocks", "1", "--repeats", "0", "--threads", "1",
+               "--dtypes", "fp32", "--kernels", "fused", "pytorch", "--rounds", "2", "--json", str(out),
+               cwd=tmp_path)  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    fused = "fused" if kernels.available() else "pytorch"  # where the kernels cannot be built: PyTorch's twice
+    assert [(r["round"], r["kernels"]) for r in results] == [(0, fused), (0, "pytorch"), (1, fused), (1, "pytorch")]
 
 
 def test_profile_ss_head_times_every_update_and_kind_of_operation(tmp_path):

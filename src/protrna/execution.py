@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import kernels
 from .cpu import keep_freed_memory, onednn_supports
 
 if TYPE_CHECKING:
@@ -89,6 +90,8 @@ def pair_logits(
     if on_cpu:
         threads = head.chunk_threads or (torch.get_num_threads() if L >= CHUNK_THREADS_MIN_LENGTH else 1)
     chunk_size = chunk_size or auto_chunk_size(L, head.config.pair_dim, threads, gpu=not on_cpu)
+    if on_cpu:
+        kernels.available()  # built (once) or found here, not by the first chunk thread to need it
     with keep_freed_memory() if on_cpu else contextlib.nullcontext():
         with cpu_inference(threads, head.dtype) if on_cpu else contextlib.nullcontext():
             m, z = embedding(head.embedding, x, chunk_size)
@@ -192,39 +195,36 @@ def _triangle_multiplication(
 ) -> None:
     dtype = module.left.weight.dtype
     view = track.transpose(0, 1) if module.incoming else track
-    L = view.shape[0]
+    L, C = view.shape[0], view.shape[2]
     pairs = None if mask is None else mask[:, None] & mask[None, :]
+    chunks = list(_chunks(L, chunk_size))
+    # Each operand's projection and gate as one linear layer: [value | gate] per position.
+    left = [torch.cat([module.left.weight, module.left_gate.weight]), torch.cat([module.left.bias, module.left_gate.bias])]
+    right = [torch.cat([module.right.weight, module.right_gate.weight]),
+             torch.cat([module.right.bias, module.right_gate.bias])]  # fmt: skip
 
-    def rows_mask(rows: slice) -> torch.Tensor | None:
-        return None if pairs is None else pairs[rows]
+    def operand(rows: slice, weights: list[torch.Tensor], out: torch.Tensor) -> None:
+        """``proj(x) * sigmoid(gate(x))``, padded pairs zeroed, into ``out`` (C, r, L): the
+        channel-first layout of the per-channel matmul."""
+        projected = linear(normed[rows], *weights).view(-1, 2 * C)
+        kernels.gated_operand(projected, None if pairs is None else pairs[rows].flatten(), out.flatten(1))
 
     normed = _normalised(view, module.norm, dtype, chunk_size)
     # b[c, j, k] for every j first: each output row needs all of it.
-    right = by_rows(L, chunk_size, lambda rows: _operand(module, normed[rows], "right", rows_mask(rows)), dim=1)
+    right_operand = torch.empty((C, L, L), dtype=dtype, device=track.device)
+    run(lambda rows: operand(rows, right, right_operand[:, rows]), chunks)
 
-    def update(rows: slice) -> torch.Tensor:
-        x = normed[rows]
-        left = _operand(module, x, "left", rows_mask(rows))  # (C, r, k)
-        # out[i, j] = sum_k a[i, k] b[j, k], per channel: (C, r, k) @ (C, k, j) => (r, j, C).
-        product = torch.matmul(left, right.transpose(1, 2)).permute(1, 2, 0)
-        gate = linear(x, module.gate.weight, module.gate.bias, activation="sigmoid")
-        return linear(_norm(module.center_norm, product, dtype), module.output.weight, module.output.bias,
-                      multiply=gate)  # fmt: skip
+    def update(rows: slice) -> None:
+        left_operand = torch.empty((C, rows.stop - rows.start, L), dtype=dtype, device=track.device)
+        operand(rows, left, left_operand)  # a[c, i, k]
+        # out[i, j] = sum_k a[i, k] b[j, k], per channel: (C, r, k) @ (C, k, j) => (C, r, j).
+        product = torch.matmul(left_operand, right_operand.transpose(1, 2))
+        normed_product = kernels.layer_norm_channels_first(product.flatten(1), module.center_norm, dtype)  # (r j, C)
+        value = linear(normed_product, module.output.weight, module.output.bias).view(-1, L, C)
+        gate = linear(normed[rows], module.gate.weight, module.gate.bias)
+        kernels.add_(view[rows], value, gate)  # z += value * sigmoid(gate)
 
-    update_rows(view, chunk_size, update)
-
-
-def _operand(module: rf.TriangleMultiplication, x: torch.Tensor, side: str, mask: torch.Tensor | None) -> torch.Tensor:
-    """``proj(x) * sigmoid(gate(x))``, padded pairs zeroed: x (r, L, C) => (C, r, L), the
-    channel-first layout of the per-channel matmul."""
-    projection, gate = (module.left, module.left_gate) if side == "left" else (module.right, module.right_gate)
-    r, L, C = x.shape
-    gate_value = linear(x, gate.weight, gate.bias, activation="sigmoid")
-    out = linear(x, projection.weight, projection.bias, multiply=gate_value)
-    if mask is not None:
-        out = out.masked_fill(~mask[..., None], 0.0)
-    # As a 2-D transpose, PyTorch copies it block by block (much faster than a 3-D permute).
-    return out.view(r * L, C).t().contiguous().view(C, r, L)
+    run(update, chunks)
 
 
 def triangle_attention(
@@ -261,7 +261,7 @@ def gated_attention(module: rf.GatedAttention, x: torch.Tensor, bias: torch.Tens
         for h in range(H):
             attend(*(linear(x, w[h]) for w in weights), bias[:, h], out=out[..., h, :])
     out = out.flatten(-2)
-    out = out * linear(x, module.gate.weight, module.gate.bias, activation="sigmoid")
+    out.mul_(linear(x, module.gate.weight, module.gate.bias, activation="sigmoid"))
     return linear(out, module.output.weight, module.output.bias)
 
 
@@ -282,23 +282,28 @@ def attend(
     """
     N, L, _ = q.shape
     out = q.new_empty(v.shape) if out is None else out
+    # oneDNN's float32 baddbmm is slow, its bmm fast; in bfloat16 without the fused softmax,
+    # baddbmm adds the bias as it writes the logits.
+    add_bias_after = q.dtype == torch.float32 or kernels.available()
     for rows in _chunks(N, max(1, _LOGITS_ELEMENTS // (L * L))):
         n = rows.stop - rows.start
-        row_bias = bias.expand(n, L, L) if bias.shape[0] == 1 else bias[rows]
-        if q.dtype == torch.float32:  # oneDNN's float32 baddbmm is slow, its bmm fast
+        row_bias = bias if bias.shape[0] == 1 else bias[rows]
+        # Softmax in float32, then one rounding: sane numerics, and faster on CPU than a bfloat16
+        # softmax.
+        if add_bias_after:
             logits = torch.bmm(q[rows], k[rows].transpose(1, 2))  # (n, L, L)
-            logits += row_bias
+            weights = kernels.softmax_with_bias(logits, row_bias, v.dtype)
         else:
-            logits = torch.baddbmm(row_bias, q[rows], k[rows].transpose(1, 2))
-        # Softmax into float32, then one rounding: sane numerics, and faster on CPU than a
-        # bfloat16 softmax.
-        weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
+            logits = torch.baddbmm(row_bias.expand(n, L, L), q[rows], k[rows].transpose(1, 2))
+            weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(v.dtype)
         torch.bmm(weights, v[rows], out=out[rows])
     return out
 
 
 def _norm(layer: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """LayerNorm with float32 statistics and parameters, the result in the compute ``dtype``."""
+    if x.device.type == "cpu" and x.dim() == 3 and kernels.available():
+        return kernels.layer_norm(x, layer, dtype)
     weight, bias = layer.weight.float(), layer.bias.float()
     if x.dtype == dtype and x.device.type == "cpu":
         # On CPU a bfloat16 input with float32 parameters is normalised in float32; CUDA's kernel
@@ -313,20 +318,8 @@ def _normalised(track: torch.Tensor, norm: nn.LayerNorm, dtype: torch.dtype, chu
     The triangle updates read it twice (all rows for the bias or the right operand, then row
     by row), so it is kept rather than normalised twice.
     """
-    L = track.shape[0]
     out = torch.empty(track.shape, dtype=dtype, device=track.device)
-    weight, bias = norm.weight.float(), norm.bias.float()
-
-    def fill(rows: slice) -> None:
-        x = track[rows].float()
-        if dtype == torch.float32:  # straight into the result
-            stats = x.new_empty(x.shape[:-1] + (1,)), x.new_empty(x.shape[:-1] + (1,))
-            torch.ops.aten.native_layer_norm.out(x, norm.normalized_shape, weight, bias, norm.eps,
-                                                 out0=out[rows], out1=stats[0], out2=stats[1])  # fmt: skip
-        else:  # the cast to the compute dtype is the copy into the result
-            out[rows].copy_(F.layer_norm(x, norm.normalized_shape, weight, bias, norm.eps))
-
-    run(fill, list(_chunks(L, chunk_size)))
+    run(lambda rows: kernels.layer_norm(track[rows], norm, dtype, out=out[rows]), list(_chunks(track.shape[0], chunk_size)))
     return out
 
 
@@ -561,6 +554,8 @@ def update_rows(view: torch.Tensor, chunk_size: int, update: Callable[[slice], t
     update is added as it comes (chunks on the chunk threads write disjoint rows)."""
 
     def add(rows: slice) -> None:
-        view[rows] += update(rows)
+        # Not ``view[rows] += ...``: Python then assigns the sum back (``view[rows] = sum``), a
+        # second full pass over the rows that copies them onto themselves.
+        kernels.add_(view[rows], update(rows))
 
     run(add, list(_chunks(view.shape[0], chunk_size)))

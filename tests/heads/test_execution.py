@@ -168,6 +168,7 @@ after = flags()
 probes = {
     "onednn_available": protrna.cpu.onednn_available.cache_info().currsize,
     "onednn_float32_matmul_is_exact": protrna.execution.onednn_float32_matmul_is_exact.cache_info().currsize,
+    "kernels_loaded": protrna.kernels.extension.cache_info().currsize,
 }
 print(json.dumps({"before": before, "after": after, "probes_run": probes}))
 """
@@ -178,7 +179,7 @@ def test_importing_changes_no_torch_setting_and_runs_no_probe():
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["after"] == seen["before"]
-    assert seen["probes_run"] == {"onednn_available": 0, "onednn_float32_matmul_is_exact": 0}
+    assert seen["probes_run"] == {"onednn_available": 0, "onednn_float32_matmul_is_exact": 0, "kernels_loaded": 0}
 
 
 def test_a_forward_pass_restores_every_setting_it_changes():
