@@ -664,9 +664,9 @@ def command_line(args) -> str:
             parts += [flag, str(value)]
     if args.no_model:
         parts.append("--no-model")
-    for name in ("model", "head", "threshold", "dtype", "device"):
-        if getattr(args, name) is not None:
-            parts += [f"--{name}", str(getattr(args, name))]
+    for name in ("model", "head", "threshold", "dtype", "device", "max_tokens"):
+        if getattr(args, name, None) is not None:
+            parts += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return " ".join(parts)
 
 
@@ -674,8 +674,8 @@ def run_from_args(args) -> int:
     """``protrna evaluate --report DIR``: the predictors and sets named on the command line."""
     from .structure import check_threshold
 
-    model_options = [f"--{n.replace('_', '-')}" for n in ("model", "head", "threshold", "dtype", "device")
-                     if getattr(args, n) is not None]
+    model_options = [f"--{n.replace('_', '-')}" for n in ("model", "head", "threshold", "dtype", "device", "max_tokens")
+                     if getattr(args, n, None) is not None]
     if args.no_model and model_options:
         raise ValueError(f"{', '.join(model_options)} apply to running the model, which --no-model leaves out")
     check_threshold(args.threshold)
@@ -694,7 +694,8 @@ def run_from_args(args) -> int:
         from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 
         model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
-        predictor = load_predictor(model, head, dtype=args.dtype or "float32", device=args.device)
+        predictor = load_predictor(model, head, dtype=args.dtype or "float32", device=args.device,
+                                   max_tokens=getattr(args, "max_tokens", None))
         predictors.insert(0, ModelPredictor(predictor, args.threshold))
     if not predictors:
         raise ValueError("--no-model leaves no predictor: add --baseline or --predictions")
