@@ -33,7 +33,7 @@ from .baselines import BASELINES
 from .metrics import METRICS, Protocol, get_protocol, score
 from .options import add_options
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
-from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
+from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -598,6 +598,7 @@ def _run(args) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
     every_reference = read_reference(args.reference)
     references = every_reference[: args.limit] if args.limit is not None else every_reference
+    check_nucleotides(references)  # as fold would, with or without the model, before any work
     common = {"reference": str(args.reference), "limit": args.limit}
     if args.predictions is not None:
         predictions = read_predictions(args.predictions)

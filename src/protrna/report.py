@@ -38,7 +38,7 @@ import numpy as np
 from . import __version__
 from .confidence import CONFIDENCE_COLUMNS, Reliability, correlation, expected_accuracy, read_confidence_table
 from .metrics import METRICS, mean_scores, score
-from .structure import BasePairs, StructureError, StructureRecord, decode_matrix, read_reference
+from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, decode_matrix, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def read_sets(paths: Sequence[str | Path], limit: int | None = None) -> list[Ref
         records = read_reference(path)
         if not records:
             raise StructureError(f"{path}: no records")
-        sets.append(ReferenceSet(name, path, records[:limit] if limit is not None else records))
+        records = records[:limit] if limit is not None else records
+        check_nucleotides(records)
+        sets.append(ReferenceSet(name, path, records))
     return sets
 
 

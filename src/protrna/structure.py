@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .alphabet import encode_rna
 from .data.fasta import read_fasta
 
 #: Probability above which the original counts a pair (chosen on VL0 for the released head).
@@ -604,6 +605,25 @@ def read_reference(path: str | Path) -> list[StructureRecord]:
 
 
 # --- decoding predicted pair maps ------------------------------------------------------------
+
+
+def check_nucleotides(records: Iterable[StructureRecord]) -> None:
+    """Refuse, as ``protrna fold`` does, a record whose sequence holds a letter that is no
+    nucleotide code: the :class:`StructureError` names the record and the letter's position.
+    Scoring such a reference would compare structures of a sequence no folder could read.
+
+    >>> check_nucleotides([StructureRecord("ok", "GGNAC", BasePairs(5))])
+    >>> check_nucleotides([StructureRecord("odd", "GGZAC", BasePairs(5), "refs.dbn, record 'odd' (line 4)")])
+    Traceback (most recent call last):
+    ...
+    protrna.structure.StructureError: refs.dbn, record 'odd' (line 4): 'Z' at position 3 is not a nucleotide code (allowed: A C G U T, IUPAC codes R Y S W K M B D H V N, X, gaps - and .)
+    """
+    for record in records:
+        try:
+            encode_rna(record.sequence)
+        except ValueError as error:
+            problem = str(error).removeprefix("sequence has ").replace(", which is not", " is not")
+            raise StructureError(f"{record.label}: {problem}") from None
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
