@@ -171,3 +171,21 @@ def test_the_command_line_routes_logging_past_progress_bars(tmp_path):
     lines = [segment.split("\r")[-1] for segment in result.stderr.split("\n")]
     assert "INFO protrna.embed: resuming x.h5" in lines
     assert any(line.startswith("work:") and "2/4" in line for line in lines)  # the bar goes on below it
+
+
+def test_an_error_line_is_not_appended_to_a_bar_the_failed_job_left_open(tmp_path):
+    script = tmp_path / "fail_during_bar.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        from tqdm import tqdm
+        from protrna.cli import main
+        bar = tqdm(total=4, desc="work", ascii=True, mininterval=0)  # as a loop that an error left
+        bar.update(1)
+        sys.exit(main(["embed", {str(tmp_path / "missing.fa")!r}, "-o", {str(tmp_path / "x.h5")!r}]))
+    """))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(options.__file__).rsplit("/protrna/", 1)[0], "PATH": "",
+                                 "PROTRNA_HOME": str(tmp_path / "home"), "PROTRNA_OFFLINE": "1"})
+    assert result.returncode == 2, result.stderr
+    lines = [segment.split("\r")[-1] for segment in result.stderr.split("\n")]
+    assert any(line.startswith("protrna embed: error: ") and "missing.fa" in line for line in lines), lines

@@ -83,11 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         # --verbose shows the traceback.
         if args.verbose:
             raise
-        print(f"protrna {args.command}: error: {error}", file=sys.stderr)
+        _say(f"protrna {args.command}: error: {error}")
         return 2
     except KeyboardInterrupt:
-        print(f"protrna {args.command}: interrupted", file=sys.stderr)
+        _say(f"protrna {args.command}: interrupted")
         return 130
+
+
+def _say(message: str) -> None:
+    """One line on standard error, below any progress bar a failed job left half drawn."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -85,8 +85,8 @@ SHARED: dict[str, tuple[tuple[str, ...], dict]] = {
         default=None, metavar="DEVICE", help="cpu, cuda, cuda:1, mps ... (default: CUDA when present)")),
     "dtype": (("--dtype",), dict(
         default=None, choices=DTYPE_CHOICES,
-        help="compute precision (default: float32, the closest to the original; results are stored as float32; "
-        "bfloat16 is ~1.5-1.9x as fast on CPUs with AVX-512 BF16; float16 is for GPUs)")),
+        help="compute precision (default: float32, the closest to the original; bfloat16 is ~1.5-1.9x as fast "
+        "on CPUs with AVX-512 BF16; float16 is for GPUs); what is written is float32 either way")),
     "max-tokens": (("--max-tokens",), dict(
         type=token_count, default=None, metavar="N",
         help=f"language-model token budget per batch, BOS/EOS and padding included "
