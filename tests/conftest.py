@@ -55,3 +55,12 @@ def tiny_model():
 
     torch.manual_seed(0)
     return ProtRNA(ProtRNAConfig(num_layers=2, embed_dim=64, attention_heads=2)).eval()
+
+
+@pytest.fixture
+def tiny_head():
+    """A randomly initialised one-block RotaFormer head that fits :func:`tiny_model`."""
+    from protrna.heads.ss import RotaFormer, RotaFormerConfig
+
+    torch.manual_seed(1)
+    return RotaFormer(RotaFormerConfig(input_dim=64, num_blocks=1)).eval()

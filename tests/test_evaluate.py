@@ -237,6 +237,27 @@ def test_cli_scores_a_prediction_file(ts0_head, data_dir, tmp_path, capsys):
     assert main(["evaluate", "--reference", str(reference), "--predictions", str(tmp_path / "none.dbn")]) == 2
 
 
+def test_cli_refuses_a_reference_letter_fold_would_refuse(ts0_head, tmp_path, capsys):
+    from protrna.cli import main
+
+    first = ts0_head[0]
+    odd = StructureRecord(first.id, first.sequence[:4] + "Z" + first.sequence[5:], first.pairs)
+    reference = tmp_path / "ref.dbn"
+    write_dbn([odd, *ts0_head[1:]], reference)
+    predictions = tmp_path / "mine.dbn"
+    write_dbn([StructureRecord(r.id, r.sequence, BasePairs(len(r))) for r in [odd, *ts0_head[1:]]], predictions)
+    summary = tmp_path / "summary.json"
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(predictions),
+                 "--summary", str(summary)]) == 2
+    error = capsys.readouterr().err
+    assert f"record {first.id!r}" in error and "'Z' at position 5 is not a nucleotide code" in error
+    assert len(error.strip().splitlines()) == 1 and not summary.exists()
+    # The report path reads its sets the same way.
+    assert main(["evaluate", "--reference", str(reference), "--predictions", str(predictions), "--no-model",
+                 "--report", str(tmp_path / "report")]) == 2
+    assert "'Z' at position 5 is not a nucleotide code" in capsys.readouterr().err
+
+
 def test_cli_reads_what_other_predictors_write(ts0_head, tmp_path, capsys):
     """RNAfold's output (energy after the structure), ids matched past --limit, folder names."""
     from protrna.cli import main

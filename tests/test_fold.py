@@ -6,15 +6,9 @@ import torch
 
 from protrna.data.records import InvalidRecordError
 from protrna.fold import StructurePredictor, fold_fasta, safe_file_names
-from protrna.heads.ss import RotaFormer, RotaFormerConfig
+from protrna.heads.ss import RotaFormer
 from protrna.structure import read_bpseq, read_ct, read_dbn, resolve_conflicts
-from tests.devices import DEVICES
-
-
-@pytest.fixture
-def tiny_head():
-    torch.manual_seed(1)
-    return RotaFormer(RotaFormerConfig(input_dim=64, num_blocks=1)).eval()
+from tests.original import direct_probabilities
 
 
 def write_fasta(path, records):
@@ -23,14 +17,6 @@ def write_fasta(path, records):
 
 
 RECORDS = [("r/1", "GGGAAACUUCGGUUCCC"), ("r2", "acgtnNNAUGCAGG"), ("r3", "GGAUCCUAGC" * 3)]
-
-
-def direct_probabilities(lm, head, sequence):
-    """Reference: the original's path for one sequence (LM, representations[last], head)."""
-    with torch.no_grad():
-        tokens = lm.alphabet.get_batch_converter()([sequence])
-        reps = lm(tokens, repr_layers=[lm.num_layers])["representations"][lm.num_layers]
-        return torch.sigmoid(head(reps)).numpy()
 
 
 def test_fold_writes_every_format_consistent_with_the_probabilities(tiny_model, tiny_head, tmp_path):
@@ -83,34 +69,6 @@ def test_matching_resolution_keeps_at_least_the_greedy_weight(tiny_model, tiny_h
         assert weight["matching"] >= weight["greedy"] - 1e-6
     with pytest.raises(ValueError, match="--resolve takes"):
         fold_fasta(fasta, tmp_path / "bad", tiny_model, tiny_head, resolve="best", progress=False)
-
-
-def test_long_rna_uses_windows_for_the_lm_and_the_full_length_for_the_head(tiny_model, tiny_head):
-    rng = np.random.default_rng(0)
-    sequence = "".join(rng.choice(list("ACGU"), 600))
-    predictor = StructurePredictor(tiny_model, tiny_head)
-    (result,) = predictor.predict([("long", sequence)])
-    assert result.probabilities.shape == (600, 600)
-    np.testing.assert_allclose(result.probabilities, result.probabilities.T, atol=1e-6)
-    # Bare sequences are named by position; one bare string is not a batch of letters.
-    (bare,) = predictor.predict([sequence])
-    assert bare.id == "#0" and np.array_equal(bare.probabilities, result.probabilities)
-    with pytest.raises(TypeError, match="not one string"):
-        list(predictor.predict(sequence))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_batched_head_equals_one_at_a_time(tiny_model, tiny_head, device):
-    """Batches of different lengths (padding masked) give each RNA its own probabilities, which
-    are also those of the original's one-sequence path on the CPU."""
-    records = [(f"s{i}", "GGAUCCUAGCAUGC"[: 5 + i]) for i in range(8)]
-    reference = {name: direct_probabilities(tiny_model, tiny_head, sequence) for name, sequence in records}
-    lm, head = tiny_model.to(device), tiny_head.to(device)
-    batched = {p.id: p.probabilities for p in StructurePredictor(lm, head, max_pairs=10**6).predict(records)}
-    single = {p.id: p.probabilities for p in StructurePredictor(lm, head, max_pairs=1).predict(records)}
-    for key in single:
-        np.testing.assert_allclose(batched[key], single[key], atol=2e-5)
-        np.testing.assert_allclose(single[key], reference[key], atol=2e-5)
 
 
 class InterruptedHead(RotaFormer):
@@ -198,11 +156,6 @@ def test_bad_records(tiny_model, tiny_head, tmp_path):
         fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, progress=False)
     path = fold_fasta(fasta, tmp_path / "o2", tiny_model, tiny_head, skip_invalid=True, progress=False)
     assert [r.id for r in read_dbn(path)] == ["a"]
-
-
-def test_head_must_fit_the_language_model(tiny_model):
-    with pytest.raises(ValueError, match="64"):
-        StructurePredictor(tiny_model, RotaFormer(RotaFormerConfig(input_dim=32, num_blocks=1)))
 
 
 def test_cli_folds_standard_input_like_a_file(tiny_model, tiny_head, tmp_path, monkeypatch):

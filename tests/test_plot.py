@@ -2,7 +2,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from protrna.plot import plot_structure
+from protrna.plot import draw_structure, plot_structure
 from protrna.structure import BasePairs, read_dbn, sigmoid
 
 
@@ -64,3 +64,69 @@ def test_pairing_probability_track(record, tmp_path):
         plot_structure(tmp_path / "x.png", pred=pairs, pairing=np.ones(len(record) + 1))
     # The head's independent sigmoids can sum past 1 per base: the axis grows instead of clipping.
     _image(plot_structure(tmp_path / "over.png", pred=pairs, pairing=np.full(len(record), 1.7)))
+
+
+# ---- what is drawn, read back from the figure ----------------------------------------------------
+
+
+def _axes(figure, label):
+    (axes,) = [a for a in figure.axes if a.get_label() == label]
+    return axes
+
+
+def _arc_segments(figure):
+    """Every arc polyline of the arc diagram, above and below the axis."""
+    return [segment for collection in _axes(figure, "arc diagram").collections
+            for segment in collection.get_segments()]
+
+
+def test_the_arc_diagram_draws_one_arc_per_pair_at_its_ends():
+    pred = BasePairs(40, [(0, 39), (0, 38), (2, 30), (10, 14)])
+    reference = BasePairs(40, [(0, 39), (3, 29), (20, 25)])
+    segments = _arc_segments(draw_structure(pred=pred, reference=reference))
+    above = sorted((round(s[0, 0]), round(s[-1, 0])) for s in segments if s[:, 1].max() > 0)
+    below = sorted((round(s[0, 0]), round(s[-1, 0])) for s in segments if s[:, 1].min() < 0)
+    assert above == [(1, 39), (1, 40), (3, 31), (11, 15)]  # predicted, 1-based ends
+    assert below == [(1, 40), (4, 30), (21, 26)]  # reference
+    for segment in segments:  # each as high as half its span
+        span = segment[-1, 0] - segment[0, 0]
+        assert np.abs(segment[:, 1]).max() == pytest.approx(span / 2, rel=0.01)
+    assert _arc_segments(draw_structure(pred=BasePairs(40))) == []
+
+
+def test_the_arc_height_scale_is_the_rnas_length_not_its_longest_pair():
+    short_arc = draw_structure(pred=BasePairs(100, [(50, 52)]))
+    long_arc = draw_structure(pred=BasePairs(100, [(0, 99)]))
+    top = _axes(short_arc, "arc diagram").get_ylim()[1]
+    assert top == _axes(long_arc, "arc diagram").get_ylim()[1]  # one scale for one length
+    (segment,) = _arc_segments(short_arc)
+    assert segment[:, 1].max() / top < 0.03  # a pair two bases apart stays low
+    (segment,) = _arc_segments(long_arc)
+    assert 0.9 < segment[:, 1].max() / top <= 1  # the longest possible pair just fits
+    # Twice the length, twice the height: arcs of one span look alike in RNAs of one length.
+    assert _axes(draw_structure(pred=BasePairs(200, [(0, 2)])), "arc diagram").get_ylim()[1] == pytest.approx(
+        top * 199 / 99)
+
+
+def test_the_probability_map_shows_the_pairs_where_they_are():
+    length, pairs = 24, [(1, 22), (2, 21), (3, 20), (8, 15)]
+    probabilities = np.full((length, length), 0.01)
+    for i, j in pairs:
+        probabilities[i, j] = probabilities[j, i] = 0.97
+    figure = draw_structure(probabilities=probabilities)
+    figure.canvas.draw()
+    pixels = np.asarray(figure.canvas.buffer_rgba())[..., :3].astype(float) / 255
+    map_ax = _axes(figure, "pair map")
+
+    def grey(i, j):  # the lower triangle: the heat map alone (markers go above the diagonal)
+        x, y = map_ax.transData.transform((i + 1, j + 1))
+        return pixels[pixels.shape[0] - int(round(y)), int(round(x))].mean()
+
+    assert all(grey(i, j) < 0.2 for i, j in pairs)  # dark where the pairs are
+    assert all(grey(i, j) > 0.9 for i, j in [(1, 10), (5, 12), (0, 23), (8, 20)])  # light elsewhere
+    (image,) = map_ax.get_images()
+    np.testing.assert_array_equal(image.get_array(), probabilities)
+    box = map_ax.get_window_extent()
+    region = pixels[pixels.shape[0] - int(box.y1): pixels.shape[0] - int(box.y0), int(box.x0): int(box.x1)]
+    assert region.std() > 0.1  # not blank
+    assert len(_arc_segments(figure)) == len(pairs)  # pred defaults to probabilities > threshold

@@ -405,3 +405,47 @@ def test_round_brackets_hold_a_largest_non_crossing_set():
         text = pairs.to_dot_bracket()
         assert text.count("(") == largest, (listed, text)
         assert BasePairs.from_dot_bracket(text) == pairs
+
+
+# --- ct headers name the record -------------------------------------------------------------------
+
+
+def _b2ct(path, name, sequence, structure, energy):
+    """A ct file in the layout of ViennaRNA's b2ct (and RNAstructure): header
+    ``%5d ENERGY = %7.1f    %s``, then ``%5d %c   %5d %4d %4d %4d`` per base."""
+    partner = [0] * len(sequence)
+    stack = []
+    for k, symbol in enumerate(structure, start=1):
+        if symbol == "(":
+            stack.append(k)
+        elif symbol == ")":
+            opening = stack.pop()
+            partner[opening - 1], partner[k - 1] = k, opening
+    lines = [f"{len(sequence):5d} ENERGY = {energy:7.1f}    {name}"]
+    lines += [f"{k:5d} {base}   {k - 1:5d} {k + 1 if k < len(sequence) else 0:4d} {partner[k - 1]:4d} {k:4d}"
+              for k, base in enumerate(sequence, start=1)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_a_ct_file_takes_its_id_from_the_header(data_dir, tmp_path):
+    RNA = pytest.importorskip("RNA", reason="ViennaRNA is not installed: pip install 'protrna[rnafold]'")
+    record = next(r for r in read_dbn(data_dir / "bprna" / "TS0.dbn") if 40 < len(r) < 90)
+    structure, energy = RNA.fold(record.sequence)  # a real MFE structure and its energy, from ViennaRNA
+    _b2ct(tmp_path / "prediction_1.ct", record.id, record.sequence, structure, energy)
+    from_header = read_ct(tmp_path / "prediction_1.ct")
+    assert from_header.id == record.id  # not the file name
+    assert (from_header.sequence, from_header.pairs) == (record.sequence, BasePairs.from_dot_bracket(structure))
+    # The common "length id description" header, and a bare length (the file name is all there is).
+    (tmp_path / "two.ct").write_text("2 my-rna some description\n1 G 0 2 2 1\n2 C 1 0 1 2\n")
+    assert read_ct(tmp_path / "two.ct").id == "my-rna"
+    (tmp_path / "bare.ct").write_text("2\n1 G 0 2 2 1\n2 C 1 0 1 2\n")
+    assert read_ct(tmp_path / "bare.ct").id == "bare"
+    (tmp_path / "energy_only.ct").write_text("2 dG = -0.5\n1 G 0 2 2 1\n2 C 1 0 1 2\n")
+    assert read_ct(tmp_path / "energy_only.ct").id == "energy_only"
+
+
+def test_ids_fold_could_not_use_as_file_names_come_back_from_ct_files(tmp_path):
+    record = StructureRecord(".hidden/odd", "GGAAACC", BasePairs.from_dot_bracket("((...))"))
+    write_ct(record, tmp_path / "hidden_odd.ct")
+    assert read_ct(tmp_path / "hidden_odd.ct").id == ".hidden/odd"
+    assert [r.id for r in read_reference(tmp_path)] == [".hidden/odd"]

@@ -40,14 +40,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class ProgressAwareHandler(logging.Handler):
+    """Writes log records to standard error through ``tqdm.write``, which lifts any progress bar
+    on that stream off its line, prints the record on a line of its own and draws the bar again.
+    A plain stream handler would append the record to the half-drawn bar's line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = self.format(record)
+            from tqdm import tqdm
+
+            # sys.stderr at the time of writing: a test's capture or a redirection in between counts.
+            tqdm.write(message, file=sys.stderr)
+        except Exception:  # noqa: BLE001  (logging's own convention: report, never raise)
+            self.handleError(record)
+
+
+def setup_logging(verbose: bool) -> None:
+    """Route logging to standard error past the progress bars, once. As ``logging.basicConfig``,
+    it leaves a root logger that already has handlers (an embedding application's, pytest's) alone."""
+    root = logging.getLogger()
+    if root.handlers:
+        return
+    handler = ProgressAwareHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     # Jobs show their own progress; transformers' per-file loading/saving bars are noise here.
     from transformers.utils import logging as hf_logging
 
@@ -59,11 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         # --verbose shows the traceback.
         if args.verbose:
             raise
-        print(f"protrna {args.command}: error: {error}", file=sys.stderr)
+        _say(f"protrna {args.command}: error: {error}")
         return 2
     except KeyboardInterrupt:
-        print(f"protrna {args.command}: interrupted", file=sys.stderr)
+        _say(f"protrna {args.command}: interrupted")
         return 130
+
+
+def _say(message: str) -> None:
+    """One line on standard error, below any progress bar a failed job left half drawn."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from .data.fasta import FastaRecord, input_path
 from .data.records import InvalidRecordError, checked_records, valid_records
 from .digest import records_digest
 from .model import ProtRNA
+from .options import add_options
 from .runtime.store import allocate_dataset
 from .runtime import (
     DEFAULT_MODEL,
@@ -355,35 +356,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")
     parser.add_argument("--output", "-o", type=Path, required=True, help="HDF5 file to write")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="official name, original .h5, or saved directory (default: %(default)s)")
+    add_options(parser, "model")
     parser.add_argument("--layers", type=int, nargs="+", default=None,
                         help="layers to keep; negative counts from the end (default: last)")
     parser.add_argument("--include", nargs="+", default=["mean"], choices=INCLUDE_CHOICES,
                         help="what to store per layer (default: mean)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="compute precision; results are stored as float32 (default: %(default)s; "
-                        "bfloat16 is ~1.9x as fast on CPUs with AVX-512 BF16)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="token budget per batch (default: 1536 on CPU, 16384 on GPU)")
+    add_options(parser, "dtype", "device", "max-tokens")
     parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
                         help="overlap of the 510-nt windows covering longer RNAs (default: %(default)s)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out (and log) empty, duplicate or non-RNA records instead of stopping")
-    parser.add_argument("--unique-ids", action="store_true",
-                        help="number repeated ids (x, x-2, x-3 ...) instead of refusing them, e.g. for nRC files "
-                        "whose ids are class names")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_options(parser, "invalid", "unique-ids", "quiet")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     with input_path(args.input) as fasta:  # '-': standard input
         path = embed_fasta(
-            fasta, args.output, args.model, layers=args.layers, include=args.include,
+            fasta, args.output, args.model or DEFAULT_MODEL, layers=args.layers, include=args.include,
             dtype=args.dtype, device=args.device, max_tokens=args.max_tokens,
-            window_overlap=args.window_overlap, skip_invalid=args.skip_invalid, unique_ids=args.unique_ids,
+            window_overlap=args.window_overlap, skip_invalid=args.invalid == "skip", unique_ids=args.unique_ids,
             progress=not args.quiet,
         )
     print(path)

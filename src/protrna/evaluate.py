@@ -31,8 +31,9 @@ import numpy as np
 
 from .baselines import BASELINES
 from .metrics import METRICS, Protocol, get_protocol, score
+from .options import add_options
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
-from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
+from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -509,13 +510,10 @@ def add_parser(subparsers) -> None:
                         help="a prediction whose sequence differs from the reference's: stop (default) or "
                         "score it with a warning")
     model = parser.add_argument_group("running ProtRNA (without --predictions)")
-    model.add_argument("--model", default=None, help=f"language model (default: {DEFAULT_MODEL})")
-    model.add_argument("--head", default=None, help=f"structure head (default: {DEFAULT_HEAD})")
+    add_options(model, "model", "head")
     model.add_argument("--threshold", type=float, default=None,
                        help="pair probability cut-off (default: the head's, 0.25 for the official head)")
-    model.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                       help="compute dtype (default: float32, the closest to the original)")
-    model.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
+    add_options(model, "dtype", "device", "max-tokens")
     model.add_argument("--sweep", type=Path, default=None, metavar="VALID",
                        help="choose the threshold on this validation set first (best mean F1 of --protocol "
                        "over --threshold-grid), then evaluate with it")
@@ -537,7 +535,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--per-sequence", type=Path,
                         help="TSV of per-sequence scores (with a model: also where an interrupted run resumes)")
     parser.add_argument("--summary", type=Path, help="JSON with the means, n and settings")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_options(parser, "quiet")
     parser.set_defaults(func=_run)
 
 
@@ -554,7 +552,7 @@ def _check_options(args) -> None:
     """Options that do nothing in the chosen mode are errors, not silently ignored."""
     if args.predictions is not None:
         ignored = [f"--{name.replace('_', '-')}" for name in ("model", "head", "threshold", "dtype", "device",
-                                                              "sweep", "sweep_output", "threshold_grid")
+                                                              "max_tokens", "sweep", "sweep_output", "threshold_grid")
                    if getattr(args, name) is not None]
         if ignored:
             raise ValueError(f"{', '.join(ignored)} apply to running the model; --predictions are scored as given")
@@ -600,6 +598,7 @@ def _run(args) -> int:
             output.parent.mkdir(parents=True, exist_ok=True)
     every_reference = read_reference(args.reference)
     references = every_reference[: args.limit] if args.limit is not None else every_reference
+    check_nucleotides(references)  # as fold would, with or without the model, before any work
     common = {"reference": str(args.reference), "limit": args.limit}
     if args.predictions is not None:
         predictions = read_predictions(args.predictions)
@@ -615,7 +614,7 @@ def _run(args) -> int:
 
         model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
         dtype = args.dtype or "float32"
-        predictor = load_predictor(model, head, dtype=dtype, device=args.device)
+        predictor = load_predictor(model, head, dtype=dtype, device=args.device, max_tokens=args.max_tokens)
         threshold, swept = args.threshold, {}
         if args.sweep is not None:
             sweep = _sweep(args, predictor, head)

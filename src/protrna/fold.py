@@ -37,6 +37,7 @@ from .data.records import InvalidRecordError, valid_records
 from .digest import records_digest
 from .heads.ss import RotaFormer
 from .model import ProtRNA
+from .options import add_options
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor
 from .structure import (
     CONFLICT_METHODS,
@@ -258,11 +259,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog="example: protrna fold rnas.fa --output-dir folds --format bpseq ct --plot",
     )
     parser.add_argument("input", type=Path, help="FASTA file (.gz ok; 3-line .dbn works too; - for stdin)")
-    parser.add_argument("--output-dir", "-o", type=Path, required=True)
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="language model (default: %(default)s)")
-    parser.add_argument("--head", default=DEFAULT_HEAD,
-                        help="structure head: official name, original .h5, or a train-ss directory "
-                        "(default: %(default)s)")
+    parser.add_argument("--output-dir", "-o", type=Path, required=True,
+                        help="folder for predictions.dbn and the per-record files (created if missing)")
+    add_options(parser, "model", "head")
     parser.add_argument("--format", nargs="+", default=["dbn"], choices=FORMATS,
                         help="per-record files besides predictions.dbn (default: dbn only)")
     parser.add_argument("--threshold", type=float, default=None,
@@ -275,29 +274,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "exact maximum-weight matching (matching)")
     parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy")
     parser.add_argument("--plot", action="store_true", help="save a PNG per record")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="compute precision of the language model and head (default: %(default)s, closest to "
-                        "the original; bfloat16 is ~1.5-1.9x as fast on CPUs with AVX-512 BF16)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: CUDA when present)")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
+    add_options(parser, "dtype", "device", "max-tokens")
     parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
                         help="overlap of the 510-nt language-model windows covering longer RNAs; the head "
                         "always sees the whole RNA (default: %(default)s)")
-    parser.add_argument("--skip-invalid", action="store_true", help="leave out (and log) bad records")
-    parser.add_argument("--unique-ids", action="store_true",
-                        help="number repeated ids (x, x-2, x-3 ...) instead of refusing them")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_options(parser, "invalid", "unique-ids", "quiet")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     with input_path(args.input) as fasta:  # '-': standard input
         path = fold_fasta(
-            fasta, args.output_dir, args.model, args.head, formats=args.format, threshold=args.threshold,
+            fasta, args.output_dir, args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD, formats=args.format, threshold=args.threshold,
             probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
             min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device,
-            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.skip_invalid,
+            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.invalid == "skip",
             unique_ids=args.unique_ids,
             progress=not args.quiet,
         )

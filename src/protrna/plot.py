@@ -49,8 +49,21 @@ def _length(value: BasePairs | np.ndarray | str) -> int:
     return value.length if isinstance(value, BasePairs) else np.shape(value)[0]
 
 
-def plot_structure(
-    path: str | Path,
+def plot_structure(path: str | Path, *, dpi: int = 110, **drawing) -> Path:
+    """Write :func:`draw_structure`'s figure of one RNA as a PNG (keywords as there).
+
+    >>> import tempfile, os
+    >>> out = os.path.join(tempfile.mkdtemp(), "hairpin.png")
+    >>> hairpin = BasePairs(9, [(0, 8), (1, 7)])
+    >>> plot_structure(out, pred=hairpin, sequence="GGAAAAACC").stat().st_size > 0
+    True
+    """
+    path = Path(path)
+    draw_structure(**drawing).savefig(path, dpi=dpi)
+    return path
+
+
+def draw_structure(
     *,
     probabilities: np.ndarray | None = None,
     pred: BasePairs | np.ndarray | None = None,
@@ -59,9 +72,8 @@ def plot_structure(
     title: str | None = None,
     threshold: float = DEFAULT_THRESHOLD,
     pairing: np.ndarray | None = None,
-    dpi: int = 110,
-) -> Path:
-    """Write a PNG with the pair map (left) and the arc diagram (right) of one RNA.
+) -> Figure:
+    """The figure of one RNA: the pair map (left) and the arc diagram (right).
 
     Left: ``probabilities`` as a heat map (if given), predicted pairs marked in the upper
     triangle (x = j, y = i) and reference pairs in the lower one. Right: predicted arcs above
@@ -72,11 +84,15 @@ def plot_structure(
     ``probabilities``, :func:`protrna.confidence.pairing_probability`), dark where the base is
     paired in ``pred``.
 
-    >>> import tempfile, os
-    >>> out = os.path.join(tempfile.mkdtemp(), "hairpin.png")
-    >>> hairpin = BasePairs(9, [(0, 8), (1, 7)])
-    >>> plot_structure(out, pred=hairpin, sequence="GGAAAAACC").stat().st_size > 0
-    True
+    The arcs' height scale is the RNA's length, not its longest pair: an arc is as high as half
+    its span, and the axis as high as half the RNA, so a 3-nt hairpin stays low in every plot
+    and two plots of one RNA compare at a glance. The axes are labelled ``pair map``, ``arc
+    diagram`` and ``pairing`` (``Axes.get_label()``).
+
+    >>> figure = draw_structure(pred=BasePairs(9, [(0, 8), (1, 7)]))
+    >>> arcs = figure.axes[1].collections[0]
+    >>> len(arcs.get_segments()), figure.axes[1].get_label()
+    (2, 'arc diagram')
     """
     if pairing is None and probabilities is not None:
         from .confidence import pairing_probability
@@ -108,6 +124,9 @@ def plot_structure(
         axes = figure.subplot_mosaic([["map", "arc"], ["map", "track"]], width_ratios=[1, 1.45],
                                      height_ratios=[3, 1])
         map_ax, arc_ax, track_ax = axes["map"], axes["arc"], axes["track"]
+        track_ax.set_label("pairing")
+    map_ax.set_label("pair map")
+    arc_ax.set_label("arc diagram")
 
     # Pair map.
     if probabilities is not None:
@@ -163,7 +182,9 @@ def plot_structure(
         draw(extra, True, _PRED_ONLY, "predicted only")
         draw(found, False, _BOTH, None)
         draw(missed, False, _REF_ONLY, "reference only")
-    reach = max([j - i for i, j in predicted | known], default=2) / 2 * 1.05
+    # Scaled by the length, never by this RNA's longest pair (which would blow a lone 1-nt-span
+    # arc up to full height): the longest possible pair, 1 to L, just fits.
+    reach = max(length - 1, 2) / 2 * 1.05
     arc_ax.set_xlim(0, length + 1)
     arc_ax.set_ylim(-reach if ref_pairs is not None else -0.05 * reach, reach)
     arc_ax.axhline(0, color="0.4", linewidth=0.8)
@@ -196,7 +217,4 @@ def plot_structure(
         arc_ax.legend(loc="upper right", fontsize=7, framealpha=0.85)
     arc_ax.set_title("arc diagram")
     figure.suptitle(title or f"{length} nt")
-
-    path = Path(path)
-    figure.savefig(path, dpi=dpi)
-    return path
+    return figure

@@ -38,7 +38,7 @@ import numpy as np
 from . import __version__
 from .confidence import CONFIDENCE_COLUMNS, Reliability, correlation, expected_accuracy, read_confidence_table
 from .metrics import METRICS, mean_scores, score
-from .structure import BasePairs, StructureError, StructureRecord, decode_matrix, read_reference
+from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, decode_matrix, read_reference
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +98,9 @@ def read_sets(paths: Sequence[str | Path], limit: int | None = None) -> list[Ref
         records = read_reference(path)
         if not records:
             raise StructureError(f"{path}: no records")
-        sets.append(ReferenceSet(name, path, records[:limit] if limit is not None else records))
+        records = records[:limit] if limit is not None else records
+        check_nucleotides(records)
+        sets.append(ReferenceSet(name, path, records))
     return sets
 
 
@@ -664,9 +666,9 @@ def command_line(args) -> str:
             parts += [flag, str(value)]
     if args.no_model:
         parts.append("--no-model")
-    for name in ("model", "head", "threshold", "dtype", "device"):
-        if getattr(args, name) is not None:
-            parts += [f"--{name}", str(getattr(args, name))]
+    for name in ("model", "head", "threshold", "dtype", "device", "max_tokens"):
+        if getattr(args, name, None) is not None:
+            parts += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     return " ".join(parts)
 
 
@@ -674,8 +676,8 @@ def run_from_args(args) -> int:
     """``protrna evaluate --report DIR``: the predictors and sets named on the command line."""
     from .structure import check_threshold
 
-    model_options = [f"--{n.replace('_', '-')}" for n in ("model", "head", "threshold", "dtype", "device")
-                     if getattr(args, n) is not None]
+    model_options = [f"--{n.replace('_', '-')}" for n in ("model", "head", "threshold", "dtype", "device", "max_tokens")
+                     if getattr(args, n, None) is not None]
     if args.no_model and model_options:
         raise ValueError(f"{', '.join(model_options)} apply to running the model, which --no-model leaves out")
     check_threshold(args.threshold)
@@ -694,7 +696,8 @@ def run_from_args(args) -> int:
         from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 
         model, head = args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD
-        predictor = load_predictor(model, head, dtype=args.dtype or "float32", device=args.device)
+        predictor = load_predictor(model, head, dtype=args.dtype or "float32", device=args.device,
+                                   max_tokens=getattr(args, "max_tokens", None))
         predictors.insert(0, ModelPredictor(predictor, args.threshold))
     if not predictors:
         raise ValueError("--no-model leaves no predictor: add --baseline or --predictions")

@@ -69,6 +69,7 @@ from .data.fasta import input_path
 from .data.records import InvalidRecordError, valid_records
 from .digest import records_digest
 from .model import ProtRNA
+from .options import add_options
 from .runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, pack_if_owned, plan_windows, prepare_model, token_budget
 from .runtime.store import allocate_dataset
 
@@ -204,7 +205,7 @@ def read_variants(
                 continue
             message = f"{path}, line {line} (id {record_id!r}, mutations {text!r}): {problem}"
             if not skip_invalid:
-                raise ValueError(message + "; fix the row or pass --skip-invalid to leave it out")
+                raise ValueError(message + "; fix the row or pass --invalid skip (--skip-invalid) to leave it out")
             log.warning("skipped %s", message)
             if skipped is not None:
                 skipped.append(message)
@@ -1135,21 +1136,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="variant score (with --variants; default: masked-marginal)")
     parser.add_argument("--plot", action="store_true",
                         help="with --saturation: a heat map PNG per RNA in <output stem>_plots/")
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="official name, original .h5, or saved directory (default: %(default)s)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="compute precision (default: %(default)s; bfloat16 is ~1.9x as fast on CPUs with "
-                        "AVX-512 BF16)")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: CUDA when present)")
-    parser.add_argument("--max-tokens", type=int, default=None,
-                        help="token budget per batch of masked copies (default: 1536 on CPU, 16384 on GPU)")
+    add_options(parser, "model", "dtype", "device", "max-tokens")
     parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
                         help="overlap of the 510-nt windows covering longer RNAs (default: %(default)s)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out (and log) bad records and variant rows instead of stopping")
-    parser.add_argument("--unique-ids", action="store_true",
-                        help="number repeated ids (x, x-2, x-3 ...) instead of refusing them")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_options(parser, "invalid", "unique-ids", "quiet")  # --invalid covers bad variant rows too
     parser.set_defaults(func=_run)
 
 
@@ -1159,9 +1149,9 @@ def _run(args: argparse.Namespace) -> int:
     mode = "pppl" if args.pppl else "variants" if args.variants is not None else "saturation"
     with input_path(args.input) as fasta:  # '-': standard input
         path = score_fasta(
-            fasta, args.output, args.model, mode=mode, variants=args.variants,
+            fasta, args.output, args.model or DEFAULT_MODEL, mode=mode, variants=args.variants,
             method=args.method or "masked-marginal", plot=args.plot, dtype=args.dtype, device=args.device,
-            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.skip_invalid,
+            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.invalid == "skip",
             unique_ids=args.unique_ids, progress=not args.quiet,
         )
     print(path)

@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .alphabet import encode_rna
 from .data.fasta import read_fasta
 
 #: Probability above which the original counts a pair (chosen on VL0 for the released head).
@@ -467,8 +468,27 @@ def read_bpseq(path: str | Path) -> StructureRecord:
     return StructureRecord(path.stem, sequence, pairs, str(path))
 
 
+def ct_header_id(fields: list[str]) -> str | None:
+    """The record id a ct header names, or ``None``: the first word after the length and, in the
+    headers of ViennaRNA's b2ct, RNAstructure and mfold, after the energy (``ENERGY = -3.4``,
+    ``dG = -3.4``). As in FASTA headers, the first word is the id and the rest a description.
+
+    >>> ct_header_id("7 hp".split()), ct_header_id("58 ENERGY = -21.3 tRNA-Phe yeast".split())
+    ('hp', 'tRNA-Phe')
+    >>> ct_header_id(["12"]) is None, ct_header_id("9 dG = -1.20".split()) is None
+    (True, True)
+    """
+    rest = fields[1:]
+    if rest and rest[0].split("=", 1)[0].lower() in ("energy", "dg") and "=" in " ".join(rest):
+        # "ENERGY = -3.4", "ENERGY= -3.4", "ENERGY =-3.4", "dG = -3.4": skip the name, "=" and value.
+        words = " ".join(rest).split("=", 1)[1].split()
+        rest = words[1:]
+    return rest[0] if rest else None
+
+
 def read_ct(path: str | Path) -> StructureRecord:
-    """Read the (first) structure of a ct file; the record id is the file name without extension.
+    """Read the (first) structure of a ct file. The record id is the one its header line names
+    (:func:`ct_header_id`), else the file name without extension.
 
     The header's first field is the length; each base line is
     ``index base prev next partner natural_index``. Files with several structures (RNAstructure
@@ -500,11 +520,13 @@ def read_ct(path: str | Path) -> StructureRecord:
     if len(lines) > 1 + length:
         warnings.warn(f"{path}: holds more than one structure; using the first", stacklevel=2)
     sequence, pairs = _pairs_from_partner_columns(entries, path)
-    return StructureRecord(path.stem, sequence, pairs, str(path))
+    # The header keeps an id that a file name cannot (fold names files after cleaned-up ids).
+    return StructureRecord(ct_header_id(header) or path.stem, sequence, pairs, str(path))
 
 
 def read_structure_dir(folder: str | Path) -> list[StructureRecord]:
-    """Read every ``.bpseq`` and ``.ct`` file of a folder (sorted by name; ids are file stems)."""
+    """Read every ``.bpseq`` and ``.ct`` file of a folder (sorted by name; ids are file stems, or
+    the id a ct header names)."""
     folder = Path(folder)
     readers = {".bpseq": read_bpseq, ".ct": read_ct}
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in readers)
@@ -583,6 +605,25 @@ def read_reference(path: str | Path) -> list[StructureRecord]:
 
 
 # --- decoding predicted pair maps ------------------------------------------------------------
+
+
+def check_nucleotides(records: Iterable[StructureRecord]) -> None:
+    """Refuse, as ``protrna fold`` does, a record whose sequence holds a letter that is no
+    nucleotide code: the :class:`StructureError` names the record and the letter's position.
+    Scoring such a reference would compare structures of a sequence no folder could read.
+
+    >>> check_nucleotides([StructureRecord("ok", "GGNAC", BasePairs(5))])
+    >>> check_nucleotides([StructureRecord("odd", "GGZAC", BasePairs(5), "refs.dbn, record 'odd' (line 4)")])
+    Traceback (most recent call last):
+    ...
+    protrna.structure.StructureError: refs.dbn, record 'odd' (line 4): 'Z' at position 3 is not a nucleotide code (allowed: A C G U T, IUPAC codes R Y S W K M B D H V N, X, gaps - and .)
+    """
+    for record in records:
+        try:
+            encode_rna(record.sequence)
+        except ValueError as error:
+            problem = str(error).removeprefix("sequence has ").replace(", which is not", " is not")
+            raise StructureError(f"{record.label}: {problem}") from None
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

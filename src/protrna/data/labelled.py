@@ -119,7 +119,7 @@ def read_labelled(
             encode_rna(sequence)
         except ValueError as error:
             if not skip_invalid:
-                raise InvalidRecordError(f"{source}: {error}; fix it or pass --skip-invalid") from None
+                raise InvalidRecordError(f"{source}: {error}; fix it or pass --invalid skip (--skip-invalid)") from None
             logger.warning("skipped %s: %s", source, error)
             skipped += 1
             continue

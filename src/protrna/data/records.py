@@ -66,7 +66,7 @@ def valid_records(
             continue
         message = f"{path}, record {record.id!r} (line {record.line}): {problem}"
         if not skip_invalid:
-            raise InvalidRecordError(message + "; fix it or pass --skip-invalid to leave it out")
+            raise InvalidRecordError(message + "; fix it or pass --invalid skip (--skip-invalid) to leave it out")
         log.warning("skipped %s", message)
         if skipped is not None:
             skipped.append(message)

@@ -63,6 +63,7 @@ from ..finetuned import (
 )
 from ..heads.task import POOLINGS, TaskHead, TaskHeadConfig, pool
 from ..model import ProtRNA
+from ..options import add_options, at_least, positive, token_count
 from ..pretrained import source_name
 from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
 from ..weights.registry import cache_root
@@ -77,10 +78,8 @@ from .features import (
 from .loop import (
     TrainConfig,
     add_training_arguments,
-    at_least,
     check_run_dir,
     make_accelerator,
-    positive,
     to_device,
     train,
 )
@@ -304,7 +303,7 @@ def finetune(args: argparse.Namespace) -> dict:
     model_source = source_name(args.model or DEFAULT_MODEL)
     mode = "lora" if args.lora_rank else "top-k" if args.trainable_layers else "frozen"
 
-    read = functools.partial(read_labelled, task=task, input_format=input_format, skip_invalid=args.skip_invalid)
+    read = functools.partial(read_labelled, task=task, input_format=input_format, skip_invalid=args.invalid == "skip")
     train_records = read(args.train)
     if args.max_length is not None:
         kept = [r for r in train_records if len(r) <= args.max_length]
@@ -345,7 +344,8 @@ def finetune(args: argparse.Namespace) -> dict:
                 caches[name] = cached_features(
                     lm, [r.sequence for r in records], cache_dir, settings, fingerprint=fingerprint,
                     lm_source=str(model_source), max_tokens=args.lm_max_tokens,
-                    is_main_process=accelerator.is_main_process, progress=accelerator.is_main_process,
+                    is_main_process=accelerator.is_main_process,
+                    progress=accelerator.is_main_process and not args.quiet,
                     description=f"{name} features",
                 )
         del lm
@@ -442,7 +442,8 @@ def finetune(args: argparse.Namespace) -> dict:
 
     try:
         return train(config, accelerator, model, batches, functools.partial(task_loss, task=task),
-                     evaluate=evaluate, save_final=save_final, run_info=run_info, description="finetune")
+                     evaluate=evaluate, save_final=save_final, run_info=run_info, description="finetune",
+                     progress=not args.quiet)
     finally:
         for cache in caches.values():
             cache.close()
@@ -526,7 +527,7 @@ def predict_file(args: argparse.Namespace) -> dict:
     config = model.config
     input_format = _input_format(args, model.info.get("input_format"))
     records = read_labelled(args.input, config.task, input_format, labels_required=False,
-                            skip_invalid=args.skip_invalid)
+                            skip_invalid=args.invalid == "skip")
     predictions = model.predict([(r.id, r.sequence) for r in records], progress=not args.quiet)
     for record, prediction in zip(records, predictions):
         prediction.index = record.index
@@ -560,17 +561,14 @@ def add_parser(subparsers) -> None:
         "  protrna finetune --predict runs/nrc/final --input new.fasta --output predictions.tsv",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", default=None,
-                        help=f"language model: official name, .h5 or directory (default: {DEFAULT_MODEL}; "
-                        "with --predict: the one recorded in DIR/final)")
+    add_options(parser, "model")
     parser.add_argument("--task", choices=TASKS, help="what to learn (needed to train)")
     parser.add_argument("--train", type=Path, metavar="FILE", help="labelled training RNAs: FASTA, CSV or TSV")
     parser.add_argument("--valid", type=Path, metavar="FILE", help="labelled RNAs scored during and after training")
     parser.add_argument("--test", type=Path, metavar="FILE", help="labelled RNAs scored once, after training")
     parser.add_argument("--max-length", type=at_least(1), default=None, metavar="NT",
                         help="skip training RNAs longer than this (valid/test are never filtered)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out (and log) records with letters that are no nucleotide code")
+    add_options(parser, "invalid", "quiet")
     reading = parser.add_argument_group("reading labelled files")
     reading.add_argument("--format", choices=FORMATS, default=None, help="input format (default: from the suffix)")
     reading.add_argument("--sequence-column", default=None, help="CSV/TSV column of the sequence (default: sequence)")
@@ -597,26 +595,23 @@ def add_parser(subparsers) -> None:
     lm.add_argument("--lora-dropout", type=at_least(0.0, float), default=0.05, help="default %(default)s")
     batches = parser.add_argument_group("batches")
     batches.add_argument("--batch-size", type=at_least(1), default=32, help="RNAs per micro-batch at most (default %(default)s)")
-    batches.add_argument("--max-tokens", type=at_least(1), default=8192,
+    batches.add_argument("--max-tokens", type=token_count, default=8192, metavar="N",
                          help="nucleotides (padding included) per micro-batch at most, when whole sequences go "
                          "in (trainable LM, per-nucleotide task) (default %(default)s)")
     cache = parser.add_argument_group("frozen language model: feature cache")
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="where cached representations live (default: <PROTRNA_HOME or ~/.cache/protrna>/features)")
     cache.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default="float32", help="default %(default)s")
-    cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                       help="precision the frozen language model runs in (default %(default)s)")
-    cache.add_argument("--lm-max-tokens", type=at_least(1), default=None,
-                       help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
+    add_options(cache, "lm-dtype", "lm-max-tokens")
     cache.add_argument("--window-overlap", type=at_least(0), default=DEFAULT_OVERLAP,
                        help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
     predicting = parser.add_argument_group("predicting")
     predicting.add_argument("--predict", type=Path, default=None, metavar="FINAL",
-                            help="predict with this DIR/final instead of training; --output is then the TSV")
+                            help="predict with this DIR/final instead of training; --output is then the TSV, and "
+                            "the language model is the one FINAL records unless --model names another")
     predicting.add_argument("--input", type=Path, default=None, help="with --predict: the RNAs to predict")
     predicting.add_argument("--summary", type=Path, default=None, help="with --predict: metrics JSON (labelled input)")
-    predicting.add_argument("--device", default=None, help="with --predict: cpu, cuda, ... (default: CUDA when present)")
-    predicting.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    add_options(predicting, "device")
     add_training_arguments(parser, lr=1e-3, warmup_steps=100, max_steps=2000, eval_every=200, save_every=500)
     parser.set_defaults(func=_run)
 

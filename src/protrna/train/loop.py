@@ -125,28 +125,6 @@ class TrainConfig:
         return data
 
 
-def at_least(minimum: float, kind: type = int) -> Callable[[str], float]:
-    """An argparse ``type``: a number of ``kind`` not below ``minimum``. argparse's error then
-    names the flag: ``argument --batch-size: must be at least 1, got 0``."""
-
-    def parse(text: str):
-        value = kind(text)  # a ValueError here is argparse's "invalid int value"
-        if not value >= minimum:  # NaN fails too
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def positive(text: str) -> float:
-    """An argparse ``type``: a float above 0."""
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
 def add_training_arguments(parser: argparse.ArgumentParser, **defaults) -> None:
     """Add the shared training flags to a sub-command's parser; ``defaults`` override
     :class:`TrainConfig`'s per command (e.g. ``lr=1e-3`` for a small head)."""
@@ -330,8 +308,10 @@ def train(
     save_final: Callable[[Accelerator, nn.Module, Path], None] | None = None,
     run_info: dict | None = None,
     description: str = "train",
+    progress: bool = True,
 ) -> dict:
-    """Run the training loop; returns the last logged record. See the module docstring."""
+    """Run the training loop; returns the last logged record. See the module docstring.
+    ``progress``: the step bar on stderr (``--quiet`` turns it off; other processes never draw it)."""
     run_info = {"config": config.to_json(), **(run_info or {})}
     checkpoint = _prepare_run_dir(config, run_info, accelerator)
     log = JsonlLog(config.output_dir / "log.jsonl", enabled=accelerator.is_main_process)
@@ -374,7 +354,7 @@ def train(
         initial=step,
         desc=description,
         dynamic_ncols=True,
-        disable=not accelerator.is_main_process,
+        disable=not (progress and accelerator.is_main_process),
     )
     record: dict = {}
     window_time, window_tokens = 0.0, 0.0  # training time only: evaluation and saving excluded

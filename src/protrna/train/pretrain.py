@@ -37,7 +37,8 @@ from ..data.batching import MLMBatches
 from ..data.masking import IGNORE_INDEX
 from ..data.streaming import INVALID_POLICIES, FastaStream
 from ..model import ProtRNA
-from .loop import TrainConfig, add_training_arguments, at_least, check_run_dir, evaluate_loss, make_accelerator, train
+from ..options import add_invalid_option, add_options, at_least, token_count
+from .loop import TrainConfig, add_training_arguments, check_run_dir, evaluate_loss, make_accelerator, train
 from .transfer import (
     DEFAULT_TRAINABLE_LAYERS,
     count_parameters,
@@ -168,6 +169,7 @@ def pretrain(args: argparse.Namespace) -> dict:
         save_final=save_protrna,
         run_info=run_info,
         description="pretrain",
+        progress=not args.quiet,
     )
 
 
@@ -208,7 +210,7 @@ def add_parser(subparsers) -> None:
     size = parser.add_mutually_exclusive_group()
     size.add_argument(
         "--max-tokens",
-        type=at_least(1),
+        type=token_count,
         metavar="N",
         help=f"tokens per micro-batch and process, padding included (default {DEFAULT_MAX_TOKENS})",
     )
@@ -222,13 +224,9 @@ def add_parser(subparsers) -> None:
         metavar="N",
         help="sequences held for shuffling, 0 = file order (default %(default)s)",
     )
-    parser.add_argument(
-        "--invalid",
-        choices=INVALID_POLICIES,
-        default="skip",
-        help="records with letters that are no nucleotide code: skip with a log line (default), "
-        "error, or read the letters as unknown base x",
-    )
+    # Web-scale FASTA streams: a bad record is skipped by default, as the original's reader did.
+    add_invalid_option(parser, INVALID_POLICIES, default="skip")
+    add_options(parser, "quiet")
     parser.add_argument(
         "--mask-prob", type=float, default=0.15, help="share of nucleotides masked (default %(default)s)"
     )

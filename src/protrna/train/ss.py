@@ -52,6 +52,7 @@ from ..data.records import InvalidRecordError
 from ..heads.ss import RotaFormer, RotaFormerConfig
 from ..metrics import PROTOCOLS, Protocol, get_protocol
 from ..structure import BasePairs, StructureRecord, decode_matrix, read_reference, sigmoid
+from ..options import add_options, at_least, positive
 from ..pretrained import source_name
 from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
 from ..weights.registry import cache_root
@@ -66,10 +67,8 @@ from .features import (
 from .loop import (
     TrainConfig,
     add_training_arguments,
-    at_least,
     check_run_dir,
     make_accelerator,
-    positive,
     to_device,
     train,
 )
@@ -103,7 +102,7 @@ def read_structures(
         except ValueError as error:
             message = f"{record.label}: {error}"
             if not skip_invalid:
-                raise InvalidRecordError(f"{message}; fix it or pass --skip-invalid") from None
+                raise InvalidRecordError(f"{message}; fix it or pass --invalid skip (--skip-invalid)") from None
             logger.warning("skipped %s", message)
             invalid += 1
             continue
@@ -355,17 +354,19 @@ def train_ss(args: argparse.Namespace) -> dict:
     rank, world = accelerator.process_index, accelerator.num_processes
     grid = threshold_grid(*args.threshold_grid)
 
-    train_records = read_structures(args.train, args.max_length, args.skip_invalid, "train")
-    valid_records = read_structures(args.valid, args.max_length, args.skip_invalid, "valid")
+    skip_invalid, model_name = args.invalid == "skip", args.model or DEFAULT_MODEL
+    train_records = read_structures(args.train, args.max_length, skip_invalid, "train")
+    valid_records = read_structures(args.valid, args.max_length, skip_invalid, "valid")
 
-    lm = prepare_model(args.model, args.lm_dtype, str(accelerator.device))
+    lm = prepare_model(model_name, args.lm_dtype, str(accelerator.device))
     fingerprint = lm_fingerprint(lm)
     check_resume_fingerprint(config.output_dir, config.resume, fingerprint)
     settings = FeatureSettings(kinds=("per_tok",), storage_dtype=args.cache_dtype,
                                window_overlap=args.window_overlap)
     cache_dir = args.cache_dir or cache_root() / "features"
-    common = dict(fingerprint=fingerprint, lm_source=source_name(args.model), max_tokens=args.lm_max_tokens,
-                  is_main_process=accelerator.is_main_process, progress=accelerator.is_main_process)
+    common = dict(fingerprint=fingerprint, lm_source=source_name(model_name), max_tokens=args.lm_max_tokens,
+                  is_main_process=accelerator.is_main_process,
+                  progress=accelerator.is_main_process and not args.quiet)
     train_features = cached_features(lm, [r.sequence for r in train_records], cache_dir, settings,
                                      description="train features", **common)
     valid_features = cached_features(lm, [r.sequence for r in valid_records], cache_dir, settings,
@@ -406,7 +407,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     run_info = {
         "command": "train-ss",
         "protrna_version": __version__,
-        "model": source_name(args.model),
+        "model": source_name(model_name),
         "lm_fingerprint": fingerprint,
         "lm_dtype": args.lm_dtype,
         "train": str(args.train),
@@ -431,7 +432,7 @@ def train_ss(args: argparse.Namespace) -> dict:
     def save_final(accelerator: Accelerator, model: nn.Module, directory: Path) -> None:
         chosen = validation.final(model)
         facts = {
-            "model": source_name(args.model),
+            "model": source_name(model_name),
             "lm_fingerprint": fingerprint,
             "threshold": chosen["result"]["valid_threshold"],
             "selected_on": str(args.valid),
@@ -451,6 +452,7 @@ def train_ss(args: argparse.Namespace) -> dict:
             config, accelerator, head, batches,
             functools.partial(structure_loss, pos_weight=args.pos_weight),
             evaluate=validation, save_final=save_final, run_info=run_info, description="train-ss",
+            progress=not args.quiet,
         )
     finally:
         train_features.close()
@@ -468,16 +470,14 @@ def add_parser(subparsers) -> None:
             "See docs/training.md."
         ),
     )
-    parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="frozen language model: official name, .h5 or directory (default: %(default)s)")
+    add_options(parser, "model")
     parser.add_argument("--train", required=True, type=Path,
                         help="training structures: 3-line .dbn, PDB .tsv, .bpseq/.ct or a folder of them")
     parser.add_argument("--valid", required=True, type=Path,
                         help="validation structures: loss, F1 and the threshold choice")
     parser.add_argument("--max-length", type=at_least(1), default=None, metavar="NT",
                         help="skip (and count) RNAs longer than this, in both sets (default: keep all)")
-    parser.add_argument("--skip-invalid", action="store_true",
-                        help="leave out (and log) records with letters that are no nucleotide code")
+    add_options(parser, "invalid", "quiet")
     data = parser.add_argument_group("batches and loss")
     data.add_argument("--batch-size", type=at_least(1), default=8, help="RNAs per micro-batch at most (default %(default)s)")
     data.add_argument("--max-pairs", type=at_least(1), default=DEFAULT_MAX_PAIRS,
@@ -507,10 +507,7 @@ def add_parser(subparsers) -> None:
                        help="where cached representations live (default: <PROTRNA_HOME or ~/.cache/protrna>/features)")
     cache.add_argument("--cache-dtype", choices=STORAGE_DTYPES, default="float32",
                        help="storage precision of the cache (default %(default)s; float16/bfloat16 halve the disk)")
-    cache.add_argument("--lm-dtype", choices=["float32", "bfloat16", "float16"], default="float32",
-                       help="precision the language model runs in (default %(default)s)")
-    cache.add_argument("--lm-max-tokens", type=at_least(1), default=None,
-                       help="language-model token budget per batch (default: 1536 on CPU, 16384 on GPU)")
+    add_options(cache, "lm-dtype", "lm-max-tokens")
     cache.add_argument("--window-overlap", type=at_least(0), default=DEFAULT_OVERLAP,
                        help="overlap of the 510-nt windows covering longer RNAs (default %(default)s)")
     cache.add_argument("--cache-only", action="store_true",

@@ -27,7 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     download.add_argument("names", nargs="*", metavar="NAME", help=f"one of {names}")
     download.add_argument("--list", action="store_true", help="list the official weights and exit")
-    download.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    # Spelled as protrna.options' --quiet (tests/test_cli.py checks), without importing the runtime.
+    download.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     download.add_argument(
         "--remove-h5",
         action="store_true",
