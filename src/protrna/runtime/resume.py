@@ -36,7 +36,10 @@ from ..digest import records_digest
 #: Recorded in every settings record, never compared.
 VERSION_KEY = "protrna_version"
 #: What a changed digest means, in words (a job may pass its own, e.g. "the variants file's rows").
-DIGEST_WORDS = {"input_sha256": "the input records (ids or sequences)"}
+DIGEST_WORDS = {
+    "input_sha256": "the input records (ids or sequences)",
+    "reference_sha256": "the reference records (ids, sequences or pairs)",
+}
 
 
 class OtherRunError(FileExistsError):
