@@ -35,6 +35,7 @@ from .data.fasta import FastaRecord, input_path
 from .data.records import InvalidRecordError, checked_records, valid_records
 from .digest import records_digest
 from .model import ProtRNA
+from .runtime.paths import check_input_file, check_output_file, make_parent
 from .runtime.resume import OtherRunError, check_same_run, commit, partial_path, plain, run_settings
 from .runtime.store import allocate_dataset
 from .runtime import (
@@ -235,13 +236,12 @@ def embed_fasta(
         raise ValueError(f"--include takes {', '.join(INCLUDE_CHOICES)}; got {include}")
     include = [k for k in INCLUDE_CHOICES if k in include]  # one order, so that reruns compare equal
     plan_windows(MAX_RESIDUES + 1, MAX_RESIDUES, window_overlap)  # checks the overlap, before any work
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
+    check_input_file(fasta)
+    check_output_file(output, example="embeddings.h5")
     for existing in (output, partial_path(output)):
         if existing.exists():  # refuse to write over a foreign file before the model is loaded
             with _open_h5(existing, "r") as h5:
                 _require_ours(h5, existing)
-    output.parent.mkdir(parents=True, exist_ok=True)
 
     index = scan_records(fasta, skip_invalid, unique_ids)
     # Ids and lengths alone would miss a changed nucleotide: a rerun must not reuse stale rows.
@@ -277,6 +277,7 @@ def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, l
                 log.info("%s is complete already; nothing to do", output)
                 return output
     partial = partial_path(output)
+    make_parent(output)
     store = EmbeddingStore.open(partial, index, layers, include, model.embed_dim, settings)
     complete = False
     try:

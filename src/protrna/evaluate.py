@@ -33,6 +33,7 @@ from .baselines import BASELINES
 from .digest import records_digest
 from .metrics import METRICS, Protocol, get_protocol, score
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
+from .runtime.paths import check_output_file, make_parent
 from .runtime.resume import LineJournal, check_same_run
 from .structure import BasePairs, StructureError, StructureRecord, check_threshold, read_reference
 
@@ -382,6 +383,7 @@ def evaluate_predictor(
         key = json.loads(json.dumps(key, default=str))
         rows = {k: v for k, v in _read_rows(partial, key, metrics).items() if k in by_id}
         # Rewritten whole (only the rows of this run's references), through a rename.
+        make_parent(partial)
         journal = _start_partial(partial, key, rows.values(), metrics)
         if rows:
             logger.info("resuming: %d of %d sequences already scored", len(rows), len(references))
@@ -594,9 +596,10 @@ def _run(args) -> int:
 
     for key in args.baseline:
         require_baseline(key)  # before any work, not after the model has run
-    for output in (args.per_sequence, args.summary):
+    # Checked now, made when written: a refused run leaves no folder behind.
+    for flag, output in (("--per-sequence", args.per_sequence), ("--summary", args.summary)):
         if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
+            check_output_file(output, flag, example="scores.tsv" if flag == "--per-sequence" else "summary.json")
     every_reference = read_reference(args.reference)
     references = every_reference[: args.limit] if args.limit is not None else every_reference
     # The rows depend on the references' letters and pairs, not only on the file's name.
@@ -640,12 +643,12 @@ def _run(args) -> int:
                                              protocol=args.protocol))
     print(format_table(evaluations))
     if args.per_sequence is not None:
-        write_scores_tsv(main, args.per_sequence)
+        write_scores_tsv(main, make_parent(args.per_sequence))
         Path(str(args.per_sequence) + ".partial").unlink(missing_ok=True)
         for extra in evaluations[1:]:
             write_scores_tsv(extra, args.per_sequence.with_suffix(f".{extra.predictor.lower()}.tsv"))
     if args.summary is not None:
         summary = main.summary()
         summary["baselines"] = {e.predictor: e.summary() for e in evaluations[1:]}
-        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        make_parent(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import re
 from pathlib import Path
 from typing import Iterable
 
@@ -34,6 +33,7 @@ from .data.records import InvalidRecordError, valid_records
 from .heads.ss import RotaFormer
 from .model import ProtRNA
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor
+from .runtime.paths import check_input_file, check_output_folder, make_folder, safe_file_names
 from .runtime.resume import (
     LineJournal,
     check_same_run,
@@ -54,27 +54,6 @@ from .structure import (
 log = logging.getLogger(__name__)
 
 FORMATS = ("dbn", "bpseq", "ct")
-
-
-def safe_file_names(ids: list[str]) -> list[str]:
-    """File-system-safe, unique names for record ids (characters outside ``[A-Za-z0-9._-]``
-    become ``_``; clashes get ``-2``, ``-3``...).
-
-    >>> safe_file_names(["a/b", "a_b", "ok.1", "..", ""])
-    ['a_b', 'a_b-2', 'ok.1', '_', 'record']
-    """
-    names, used = [], set()
-    for record_id in ids:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)[:200] or "record"
-        if set(base) <= {"."}:
-            base = "_"
-        name, k = base, 1
-        while name.lower() in used:  # case-insensitive file systems
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name.lower())
-        names.append(name)
-    return names
 
 
 def _complete_record(lines: list[str]) -> bool:
@@ -122,10 +101,8 @@ def fold_fasta(
     check_threshold(threshold)
     if min_hairpin < 0:
         raise ValueError(f"--min-hairpin must be 0 or more, not {min_hairpin}")
-    if fasta.is_dir():
-        raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
+    check_input_file(fasta)
+    check_output_folder(output_dir)
     valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid, unique_ids=unique_ids)]
     if not valid:
         raise InvalidRecordError(f"{fasta}: no records to fold")
@@ -150,7 +127,7 @@ def fold_fasta(
         "input_records": len(valid),
         "plot": plot,
     }, valid)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(output_dir)
     final = output_dir / "predictions.dbn"
     journal = LineJournal(partial_path(final), lines=3)
     settings_path = output_dir / "fold_settings.json"

@@ -69,6 +69,7 @@ from .data.records import InvalidRecordError, valid_records
 from .digest import records_digest
 from .model import ProtRNA
 from .runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, pack_if_owned, plan_windows, prepare_model, token_budget
+from .runtime.paths import check_input_file, check_output_file, make_parent, safe_file_names
 from .runtime.resume import (
     LineJournal,
     OtherRunError,
@@ -715,20 +716,6 @@ def plot_saturation(path: str | Path, table: np.ndarray, sequence: str, title: s
     return path
 
 
-def _png_names(ids: Sequence[str]) -> list[str]:
-    """File-safe, unique (also on case-insensitive file systems) PNG names for record ids."""
-    names, used = [], set()
-    for record_id in ids:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)[:200].strip(".") or "record"
-        name, k = base, 1
-        while name.lower() in used:
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name.lower())
-        names.append(name + ".png")
-    return names
-
-
 # ---- outputs that resume -----------------------------------------------------------------------
 
 
@@ -934,12 +921,10 @@ def score_fasta(
     plan_windows(MAX_RESIDUES + 1, MAX_RESIDUES, window_overlap)  # checks the overlap, before any work
     if max_tokens is not None:
         token_budget(max_tokens, torch.device("cpu"))
-    if fasta.is_dir():
-        raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
-    if output.is_dir():
-        raise IsADirectoryError(f"--output {output} is a folder; give a file name")
+    check_input_file(fasta)
+    if variants is not None:
+        check_input_file(variants, "--variants", "a CSV or TSV file of variants")
+    check_output_file(output, example="scores.h5" if hdf5 else "scores.tsv")
     for given in filter(None, (fasta, variants and Path(variants))):
         if output.resolve() == given.resolve() or partial_path(output).resolve() == given.resolve():
             raise ValueError(f"--output {output} would write over the input {given}")
@@ -967,7 +952,7 @@ def score_fasta(
                              "score column; rename it")
         settings["method"] = method
         settings["variants_sha256"] = records_digest((row.id, "\t".join(row.values)) for row in rows)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(output)
 
     with _Prepared(model, max_tokens, window_overlap, dtype=dtype, device=device) as scorer:
         settings.update({
@@ -1045,7 +1030,7 @@ def _score_table(scorer: MaskedScorer, records: list[tuple[str, str]], rows: lis
 def _score_saturation(scorer: MaskedScorer, records: list[tuple[str, str]], output: Path, settings: dict,
                       plot: bool, progress: bool) -> None:
     plot_dir = output.with_name(output.stem + "_plots")
-    png = dict(zip(range(len(records)), _png_names([name for name, _ in records])))
+    png = dict(enumerate(f"{name}.png" for name in safe_file_names([name for name, _ in records])))
 
     def draw_missing(path: Path) -> None:
         if not plot:
