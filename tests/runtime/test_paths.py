@@ -15,6 +15,7 @@ RECORDS = ">a\nGGGAAACCC\n>b\nACGUACGU\n"
 @pytest.fixture
 def folder(tmp_path):
     (tmp_path / "in.fa").write_text(RECORDS)
+    (tmp_path / "ref.dbn").write_text(">a\nGGGAAACCC\n(((...)))\n")
     (tmp_path / "a_folder").mkdir()
     (tmp_path / "a_file").write_text("precious\n")
     return tmp_path
@@ -41,6 +42,7 @@ NO_MODEL = ["--model", "/nonexistent/model", "--quiet"]
     (["score", "{}/in.fa", "--pppl", "-o", "{}/a_folder"], "--output {}/a_folder is a folder; give a file name"),
     (["score", "{}/in.fa", "--variants", "{}/a_folder", "-o", "{}/s.tsv"], "--variants {}/a_folder is a folder"),
     (["evaluate", "--reference", "{}/in.fa", "--per-sequence", "{}/a_folder"], "--per-sequence {}/a_folder is a folder"),
+    (["evaluate", "--reference", "{}/ref.dbn", "--report", "{}/a_file"], "--report {}/a_file is a file; give a folder"),
     (["evaluate", "--reference", "{}/in.fa", "--summary", "{}/a_file/s.json"], "--summary {0}/a_file/s.json: {0}/a_file is a file"),
 ])
 def test_a_bad_path_is_one_line_before_any_model_loads_and_leaves_nothing(folder, capsys, argv, message):
