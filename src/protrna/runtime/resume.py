@@ -226,11 +226,13 @@ class LineJournal:
 
 
 class _Appender:
+    """An open journal, appended to one record per flushed write; a context manager, or closed
+    with :meth:`close`."""
+
     def __init__(self, path: Path):
-        self.path = path
+        self.handle = open(path, "a", encoding="utf-8", newline="")
 
     def __enter__(self) -> "_Appender":
-        self.handle = open(self.path, "a", encoding="utf-8", newline="")
         return self
 
     def append(self, record: Iterable[str]) -> None:
@@ -238,5 +240,8 @@ class _Appender:
         self.handle.write("".join(f"{line}\n" for line in record))
         self.handle.flush()
 
-    def __exit__(self, *exc) -> None:
+    def close(self) -> None:
         self.handle.close()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
