@@ -135,7 +135,7 @@ def test_different_settings_do_not_touch_the_existing_file(tiny_model, tmp_path)
     fasta = write_fasta(tmp_path / "in.fa", RECORDS)
     out = embed_fasta(fasta, tmp_path / "out.h5", tiny_model, progress=False)
     before = out.read_bytes()
-    with pytest.raises(FileExistsError, match="different settings"):
+    with pytest.raises(FileExistsError, match="other settings"):
         embed_fasta(fasta, out, tiny_model, include=["bos"], progress=False)
     other = write_fasta(tmp_path / "other.fa", RECORDS[:2])
     with pytest.raises(FileExistsError, match="input records"):

@@ -109,8 +109,11 @@ def test_interrupted_fold_resumes(tiny_model, tiny_head, tmp_path):
 def test_other_settings_in_the_same_directory_are_refused(tiny_model, tiny_head, tmp_path):
     fasta = write_fasta(tmp_path / "in.fa", RECORDS)
     fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, progress=False)
-    with pytest.raises(FileExistsError, match="other settings"):
+    with pytest.raises(FileExistsError, match="other settings") as refused:
         fold_fasta(fasta, tmp_path / "o", tiny_model, tiny_head, threshold=0.9, progress=False)
+    # One line that names the change in words, not two digests.
+    assert "threshold (then 0.25, now 0.9)" in str(refused.value) and "\n" not in str(refused.value)
+    assert "sha256" not in str(refused.value)
 
 
 def test_another_input_in_the_same_directory_is_refused(tiny_model, tiny_head, tmp_path):

@@ -33,14 +33,15 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .runtime.resume import LineJournal, partial_path
 from .structure import BasePairs
 
 logger = logging.getLogger(__name__)
@@ -249,6 +250,42 @@ def _fields(row: Mapping) -> list[str]:
     ]
 
 
+def _tsv_line(fields: Sequence[str]) -> str:
+    text = io.StringIO()
+    csv.writer(text, delimiter="\t", lineterminator="").writerow(fields)
+    return text.getvalue()
+
+
+def _rows_of(journal: LineJournal) -> dict[str, dict]:
+    """The complete rows of a ``confidence.tsv.partial``; a torn last line is cut off the file."""
+    if not journal.exists():
+        return {}
+    with open(journal.path, encoding="utf-8", newline="") as handle:
+        if next(csv.reader(handle, delimiter="\t"), None) != ["id", "length", *CONFIDENCE_COLUMNS]:
+            raise ValueError(f"{journal.path}: not a confidence table")
+    rows: dict[str, dict] = {}
+
+    def parsed(lines: list[str]) -> bool:
+        row = _parse_row(next(csv.reader([lines[0]], delimiter="\t")))
+        if row is not None:
+            rows[row["id"]] = row  # a record written again after a resume: the last one counts
+        return row is not None
+
+    journal.read(parsed)
+    return rows
+
+
+def _parse_row(fields: list[str]) -> dict | None:
+    if len(fields) != 2 + len(CONFIDENCE_COLUMNS):
+        return None
+    try:
+        row = {"id": fields[0], "length": int(fields[1]), "predicted_pairs": int(fields[2])}
+        row.update({name: float(value) for name, value in zip(CONFIDENCE_COLUMNS[1:], fields[3:])})
+    except ValueError:
+        return None
+    return row
+
+
 def read_confidence_table(path: str | Path) -> dict[str, dict]:
     """Rows of a ``confidence.tsv`` (or its ``.partial``) by id; a torn last line is ignored."""
     rows: dict[str, dict] = {}
@@ -261,12 +298,8 @@ def read_confidence_table(path: str | Path) -> dict[str, dict]:
         if header != ["id", "length", *CONFIDENCE_COLUMNS]:
             raise ValueError(f"{path}: not a confidence table (header {header})")
         for fields in reader:
-            if len(fields) != len(header):
-                break
-            try:
-                row = {"id": fields[0], "length": int(fields[1]), "predicted_pairs": int(fields[2])}
-                row.update({name: float(value) for name, value in zip(CONFIDENCE_COLUMNS[1:], fields[3:])})
-            except ValueError:
+            row = _parse_row(fields)
+            if row is None:
                 break
             rows[fields[0]] = row  # a record written again after a resume: the last one counts
     return rows
@@ -283,30 +316,24 @@ class ConfidenceTable:
 
     def __init__(self, output_dir: str | Path, name: str = "confidence.tsv"):
         self.path = Path(output_dir) / name
-        self.partial = self.path.with_name(self.path.name + ".partial")
-        self.rows = {**read_confidence_table(self.path), **read_confidence_table(self.partial)}
+        self.partial = partial_path(self.path)
+        self.rows = read_confidence_table(self.path)
+        journal = LineJournal(self.partial, header_lines=1)
+        self.rows.update(_rows_of(journal))
         # Rewritten whole: a torn last line disappears, the rows kept so far stay.
-        scratch = self.partial.with_name(self.partial.name + ".tmp")
-        with open(scratch, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(("id", "length") + CONFIDENCE_COLUMNS)
-            for row in self.rows.values():
-                writer.writerow(_fields(row))
-        os.replace(scratch, self.partial)
-        self._sink = open(self.partial, "a", encoding="utf-8", newline="")
-        self._writer = csv.writer(self._sink, delimiter="\t", lineterminator="\n")
+        journal.start([_tsv_line(("id", "length") + CONFIDENCE_COLUMNS)],
+                      ([_tsv_line(_fields(row))] for row in self.rows.values()))
+        self._sink = journal.appending()
 
     def add(self, record_id: str, probabilities: np.ndarray, pairs: BasePairs) -> Confidence:
         """Estimate the confidence of one folded record and append its row (flushed)."""
         confidence = expected_accuracy(probabilities, pairs, source=f"record {record_id!r}")
         self.rows[record_id] = {"id": record_id, "length": pairs.length, **confidence.as_dict()}
-        self._writer.writerow(_fields(self.rows[record_id]))
-        self._sink.flush()
+        self._sink.append([_tsv_line(_fields(self.rows[record_id]))])
         return confidence
 
     def close(self) -> None:
-        if not self._sink.closed:
-            self._sink.close()
+        self._sink.close()
 
     def finish(self, ids: Iterable[str]) -> Path:
         """Write ``confidence.tsv`` with the rows of ``ids`` in that order and drop the partial
@@ -318,15 +345,9 @@ class ConfidenceTable:
         if missing:
             logger.warning("%s: %d records have no confidence row (folded before it was written, e.g. %r); "
                            "fold into a new directory to have them", self.path, len(missing), missing[0])
-        scratch = self.path.with_name("." + self.path.name + ".tmp")
-        with open(scratch, "w", encoding="utf-8", newline="") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(("id", "length") + CONFIDENCE_COLUMNS)
-            for record_id in ids:
-                if record_id in self.rows:
-                    writer.writerow(_fields(self.rows[record_id]))
-        os.replace(scratch, self.path)
-        self.partial.unlink(missing_ok=True)
+        lines = [_tsv_line(("id", "length") + CONFIDENCE_COLUMNS)]
+        lines += [_tsv_line(_fields(self.rows[i])) for i in ids if i in self.rows]
+        LineJournal(self.partial).finish(self.path, "".join(line + "\n" for line in lines))
         return self.path
 
     def __enter__(self) -> "ConfidenceTable":

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -31,13 +30,14 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
 from .alphabet import MAX_RESIDUES
 from .data.fasta import FastaRecord, input_path
 from .data.records import InvalidRecordError, checked_records, valid_records
 from .digest import records_digest
 from .model import ProtRNA
 from .options import add_options
+from .runtime.paths import check_input_file, check_output_file, make_parent
+from .runtime.resume import OtherRunError, check_same_run, commit, partial_path, plain, run_settings
 from .runtime.store import allocate_dataset
 from .runtime import (
     DEFAULT_MODEL,
@@ -152,30 +152,21 @@ class EmbeddingStore:
         except FileExistsError:
             h5.close()
             raise
-        found = {key: _plain(h5.attrs.get(key)) for key in settings}
-        found["layers"] = [int(layer) for layer in h5.attrs.get("layers", [])]
-        found["include"] = h5.attrs.get("include")
         wanted = dict(settings, layers=layers, include=",".join(include))
-        # Another protrna version computes the same numbers: its files resume.
-        differing = [k for k in wanted if k != "protrna_version" and _plain(found[k]) != _plain(wanted[k])]
+        recorded = {key: plain(h5.attrs.get(key)) for key in wanted}
         same_records = (
             "ids" in h5 and h5["ids"].shape[0] == len(index.ids)
-            and [i.decode() if isinstance(i, bytes) else i for i in h5["ids"][:]] == index.ids
+            and list(h5["ids"].asstr()[:]) == index.ids
             and np.array_equal(h5["lengths"][:], index.lengths)
         )
-        if differing or not same_records:
-            what = ", ".join(f"{k} (file: {_plain(found[k])!r}, now: {wanted[k]!r})" for k in differing
-                             if k != "input_sha256")
-            if "input_sha256" in differing or not same_records:
-                what = ", ".join(filter(None, [what, "the input records (their ids or sequences)"]))
-            finished = bool(h5.attrs.get("complete"))
+        if not same_records:
+            recorded["input_sha256"] = None
+        finished = bool(h5.attrs.get("complete"))
+        try:
+            check_same_run(path, recorded, wanted, finished=finished)
+        except OtherRunError:
             h5.close()
-            raise FileExistsError(
-                f"{path} was {'made' if finished else 'started'} with different settings: {what}. "
-                + ("Remove it or choose another output." if finished else
-                   "Remove it or choose another output to start over; rerun with the original "
-                   "settings to resume.")
-            )
+            raise
 
     def pending(self) -> np.ndarray:
         return ~self.h5["done"][:].astype(bool)
@@ -219,14 +210,6 @@ def _require_ours(h5: h5py.File, path: Path) -> None:
                               "choose another output")
 
 
-def _plain(value):
-    if isinstance(value, np.ndarray):
-        return [int(v) for v in value.tolist()]
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    return value
-
-
 def embed_fasta(
     fasta: str | Path,
     output: str | Path,
@@ -254,13 +237,12 @@ def embed_fasta(
         raise ValueError(f"--include takes {', '.join(INCLUDE_CHOICES)}; got {include}")
     include = [k for k in INCLUDE_CHOICES if k in include]  # one order, so that reruns compare equal
     plan_windows(MAX_RESIDUES + 1, MAX_RESIDUES, window_overlap)  # checks the overlap, before any work
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
-    for existing in (output, output.with_name(output.name + ".partial")):
+    check_input_file(fasta)
+    check_output_file(output, example="embeddings.h5")
+    for existing in (output, partial_path(output)):
         if existing.exists():  # refuse to write over a foreign file before the model is loaded
             with _open_h5(existing, "r") as h5:
                 _require_ours(h5, existing)
-    output.parent.mkdir(parents=True, exist_ok=True)
 
     index = scan_records(fasta, skip_invalid, unique_ids)
     # Ids and lengths alone would miss a changed nucleotide: a rerun must not reuse stale rows.
@@ -271,14 +253,13 @@ def embed_fasta(
     max_tokens = token_budget(max_tokens, model.device)
     # A model we loaded is ours to change for good; a caller's model gets its layers back.
     unpack = pack_if_owned(model, owned, max_tokens)
-    settings = {
+    settings = run_settings({
         "model": getattr(model, "source", "in-memory model"),
         "dtype": str(model.dtype).removeprefix("torch."),
         "window": MAX_RESIDUES,
         "overlap": window_overlap,
         "input_sha256": digest,
-        "protrna_version": __version__,
-    }
+    })
     try:  # whatever happens, a caller's model gets its own layers back
         return _embed_into(output, fasta, index, model, layers, include, settings, max_tokens,
                            window_overlap, progress)
@@ -296,7 +277,8 @@ def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, l
                 EmbeddingStore(done_file)._check_matches(output, index, layers, include, settings)
                 log.info("%s is complete already; nothing to do", output)
                 return output
-    partial = output.with_name(output.name + ".partial")
+    partial = partial_path(output)
+    make_parent(output)
     store = EmbeddingStore.open(partial, index, layers, include, model.embed_dim, settings)
     complete = False
     try:
@@ -325,7 +307,7 @@ def _embed_into(output: Path, fasta: Path, index: RecordIndex, model: ProtRNA, l
     finally:
         store.close(complete)
     if complete:
-        os.replace(partial, output)
+        commit(partial, output)
         log.info("wrote %s (%d records%s)", output, len(index.ids),
                  f", {index.skipped} invalid skipped" if index.skipped else "")
     return output

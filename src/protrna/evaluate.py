@@ -19,20 +19,23 @@ protocol protrna: f1 strict; f1_shifted allows a one-base shift (RiNALMo); means
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence, Union
 
 import numpy as np
 
 from .baselines import BASELINES
+from .digest import records_digest
 from .metrics import METRICS, Protocol, get_protocol, score
 from .options import add_options
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
+from .runtime.paths import check_output_file, make_parent
+from .runtime.resume import LineJournal, check_same_run
 from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, check_threshold, read_reference
 
 logger = logging.getLogger(__name__)
@@ -287,58 +290,56 @@ def format_table(evaluations: Sequence[Evaluation], digits: int = 4) -> str:
 _SETTINGS_LINE = "# settings: "
 
 
-def _read_rows(path: Path, settings: Mapping, metrics: Sequence[str] = METRICS) -> dict[str, dict]:
-    """Per-sequence rows of an interrupted run (``.partial`` TSV); a torn last line is ignored.
+def _rows_journal(path: Path) -> LineJournal:
+    return LineJournal(path, lines=1, header_lines=2)  # the settings line, then the TSV header
 
-    Raises ``ValueError`` if the rows were scored with other ``settings``.
+
+def _read_rows(path: Path, settings: Mapping, metrics: Sequence[str] = METRICS) -> dict[str, dict]:
+    """Per-sequence rows of an interrupted run (``.partial`` TSV); a torn last line is cut off.
+
+    Raises :class:`~protrna.runtime.resume.OtherRunError` if the rows were scored with other
+    ``settings``.
     """
     rows: dict[str, dict] = {}
-    if not path.exists():
-        return rows
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline()
+
+    def parsed(lines: list[str]) -> bool:
+        fields = lines[0].split("\t")
+        if len(fields) != 2 + len(metrics):
+            return False
         try:
-            previous = json.loads(first[len(_SETTINGS_LINE):]) if first.startswith(_SETTINGS_LINE) else None
-        except json.JSONDecodeError:
-            previous = None
-        if previous is None:
-            logger.warning("%s: no settings line (an older or foreign file); starting over", path)
-            return rows
-        if previous != settings:
-            differing = {key: (previous.get(key), settings.get(key))
-                         for key in sorted(set(previous) | set(settings)) if previous.get(key) != settings.get(key)}
-            raise ValueError(
-                f"{path} holds scores made with other settings (then, now: {differing}); delete it "
-                "to start over, or rerun with the same settings to resume"
-            )
-        reader = csv.reader(handle, delimiter="\t")
-        header = next(reader, None)
-        if header != ["id", "length", *metrics]:
-            return rows
-        for fields in reader:
-            if len(fields) != len(header):
-                break
-            try:
-                rows[fields[0]] = {"id": fields[0], "length": int(fields[1]),
-                                   **{name: float(v) for name, v in zip(metrics, fields[2:])}}
-            except ValueError:
-                break
+            rows[fields[0]] = {"id": fields[0], "length": int(fields[1]),
+                               **{name: float(v) for name, v in zip(metrics, fields[2:])}}
+        except ValueError:
+            return False
+        return True
+
+    journal = _rows_journal(path)
+    if not journal.exists():
+        return rows
+    first = path.open(encoding="utf-8").readline()
+    try:
+        previous = json.loads(first[len(_SETTINGS_LINE):]) if first.startswith(_SETTINGS_LINE) else None
+    except json.JSONDecodeError:
+        previous = None
+    if not isinstance(previous, dict):
+        logger.warning("%s: no settings line (an older or foreign file); starting over", path)
+        return rows
+    check_same_run(path, previous, settings, finished=False)
+    # Keys only in the file count too: a setting this run does not have is another setting.
+    check_same_run(path, settings, previous, finished=False)
+    header, _ = journal.read(parsed)
+    if header[1:] != ["\t".join(("id", "length", *metrics))]:
+        rows.clear()
     return rows
 
 
 def _start_partial(path: Path, settings: Mapping, rows: Iterable[dict], metrics: Sequence[str] = METRICS):
     """Write the settings line, the header and ``rows`` to ``path`` through a temporary file (a
-    kill mid-way leaves the old file whole), then open it for appending; returns (file, writer)."""
-    scratch = path.with_name(path.name + ".tmp")
-    with open(scratch, "w", encoding="utf-8", newline="") as handle:
-        handle.write(_SETTINGS_LINE + json.dumps(settings) + "\n")
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(("id", "length") + tuple(metrics))
-        for row in rows:
-            writer.writerow([row["id"], row["length"]] + [repr(row[m]) for m in metrics])
-    os.replace(scratch, path)
-    sink = open(path, "a", encoding="utf-8", newline="")
-    return sink, csv.writer(sink, delimiter="\t", lineterminator="\n")
+    kill mid-way leaves the old file whole); returns the journal to append to."""
+    journal = _rows_journal(path)
+    journal.start([_SETTINGS_LINE + json.dumps(dict(settings)), "\t".join(("id", "length", *metrics))],
+                  (["\t".join([row["id"], str(row["length"])] + [repr(row[m]) for m in metrics])] for row in rows))
+    return journal
 
 
 def evaluate_predictor(
@@ -374,7 +375,7 @@ def evaluate_predictor(
         raise ValueError(f"{name}: no reference to score (protocol {protocol.name} needs references with pairs)")
     by_id = {record.id: record for record in references}
     rows: dict[str, dict] = {}
-    sink = None
+    journal = None
     if resume_from is not None:
         partial = Path(str(resume_from) + ".partial")
         # What the rows depend on; --limit only chooses which rows there are.
@@ -382,25 +383,25 @@ def evaluate_predictor(
                **{k: v for k, v in (settings or {}).items() if k != "limit"}}
         key = json.loads(json.dumps(key, default=str))
         rows = {k: v for k, v in _read_rows(partial, key, metrics).items() if k in by_id}
-        # Rewritten whole, so a torn last line disappears.
-        sink, writer = _start_partial(partial, key, rows.values(), metrics)
+        # Rewritten whole (only the rows of this run's references), through a rename.
+        make_parent(partial)
+        journal = _start_partial(partial, key, rows.values(), metrics)
         if rows:
             logger.info("resuming: %d of %d sequences already scored", len(rows), len(references))
-    todo = [(r.id, r.sequence) for r in references if r.id not in rows]
-    try:
-        with tqdm(total=len(references), initial=len(rows), unit="seq", desc="evaluate",
-                  disable=not progress, dynamic_ncols=True) as bar:
-            for result in predictor.predict(todo):
-                reference = by_id[result.id]
-                scores = scorer(decode_matrix(result.probabilities, threshold), reference.pairs)
-                rows[result.id] = {"id": result.id, "length": len(reference), **scores}
-                if sink is not None:
-                    writer.writerow([result.id, len(reference)] + [repr(scores[m]) for m in metrics])
-                    sink.flush()
-                bar.update(1)
-    finally:
-        if sink is not None:
-            sink.close()
+    # Every reference is in the batch plan, scored ones skipped: a resumed run's rows are those
+    # of an uninterrupted one.
+    scored = [position for position, r in enumerate(references) if r.id in rows]
+    with contextlib.ExitStack() as stack:
+        sink = stack.enter_context(journal.appending()) if journal is not None else None
+        bar = stack.enter_context(tqdm(total=len(references), initial=len(rows), unit="seq", desc="evaluate",
+                                       disable=not progress, dynamic_ncols=True))
+        for result in predictor.predict([(r.id, r.sequence) for r in references], skip=scored):
+            reference = by_id[result.id]
+            scores = scorer(decode_matrix(result.probabilities, threshold), reference.pairs)
+            rows[result.id] = {"id": result.id, "length": len(reference), **scores}
+            if sink is not None:
+                sink.append(["\t".join([result.id, str(len(reference))] + [repr(scores[m]) for m in metrics])])
+            bar.update(1)
     all_settings = {"protocol": protocol.description, "threshold": threshold,
                     **_left_out_settings(left_out), **(settings or {})}
     return Evaluation(name, [rows[r.id] for r in references], settings=all_settings, protocol=protocol)
@@ -593,13 +594,16 @@ def _run(args) -> int:
 
     for key in args.baseline:
         require_baseline(key)  # before any work, not after the model has run
-    for output in (args.per_sequence, args.summary):
+    # Checked now, made when written: a refused run leaves no folder behind.
+    for flag, output in (("--per-sequence", args.per_sequence), ("--summary", args.summary)):
         if output is not None:
-            output.parent.mkdir(parents=True, exist_ok=True)
+            check_output_file(output, flag, example="scores.tsv" if flag == "--per-sequence" else "summary.json")
     every_reference = read_reference(args.reference)
     references = every_reference[: args.limit] if args.limit is not None else every_reference
     check_nucleotides(references)  # as fold would, with or without the model, before any work
-    common = {"reference": str(args.reference), "limit": args.limit}
+    # The rows depend on the references' letters and pairs, not only on the file's name.
+    reference_digest = records_digest((r.id, f"{r.sequence} {r.pairs.pairs.tolist()}") for r in every_reference)
+    common = {"reference": str(args.reference), "reference_sha256": reference_digest, "limit": args.limit}
     if args.predictions is not None:
         predictions = read_predictions(args.predictions)
         if len(references) < len(every_reference):  # predictions of the records past --limit are expected
@@ -638,12 +642,12 @@ def _run(args) -> int:
                                              protocol=args.protocol))
     print(format_table(evaluations))
     if args.per_sequence is not None:
-        write_scores_tsv(main, args.per_sequence)
+        write_scores_tsv(main, make_parent(args.per_sequence))
         Path(str(args.per_sequence) + ".partial").unlink(missing_ok=True)
         for extra in evaluations[1:]:
             write_scores_tsv(extra, args.per_sequence.with_suffix(f".{extra.predictor.lower()}.tsv"))
     if args.summary is not None:
         summary = main.summary()
         summary["baselines"] = {e.predictor: e.summary() for e in evaluations[1:]}
-        args.summary.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        make_parent(args.summary).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return 0

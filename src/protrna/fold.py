@@ -21,24 +21,28 @@ raw thresholded map instead, as the original does. An interrupted run resumes fr
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
-import re
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import __version__
 from .data.fasta import input_path
 from .data.records import InvalidRecordError, valid_records
-from .digest import records_digest
 from .heads.ss import RotaFormer
 from .model import ProtRNA
 from .options import add_options
 from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor
+from .runtime.paths import check_input_file, check_output_folder, make_folder, safe_file_names
+from .runtime.resume import (
+    LineJournal,
+    check_same_run,
+    partial_path,
+    read_settings_file,
+    run_settings,
+    write_settings_file,
+)
 from .structure import (
     CONFLICT_METHODS,
     StructureRecord,
@@ -53,54 +57,9 @@ log = logging.getLogger(__name__)
 FORMATS = ("dbn", "bpseq", "ct")
 
 
-def safe_file_names(ids: list[str]) -> list[str]:
-    """File-system-safe, unique names for record ids (characters outside ``[A-Za-z0-9._-]``
-    become ``_``; clashes get ``-2``, ``-3``...).
-
-    >>> safe_file_names(["a/b", "a_b", "ok.1", "..", ""])
-    ['a_b', 'a_b-2', 'ok.1', '_', 'record']
-    """
-    names, used = [], set()
-    for record_id in ids:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)[:200] or "record"
-        if set(base) <= {"."}:
-            base = "_"
-        name, k = base, 1
-        while name.lower() in used:  # case-insensitive file systems
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name.lower())
-        names.append(name)
-    return names
-
-
-def _read_partial(path: Path) -> dict[str, tuple[str, str]]:
-    """Complete 3-line records of an interrupted run; a torn last record is cut off the file."""
-    if not path.exists():
-        return {}
-    data = path.read_bytes()
-    done: dict[str, tuple[str, str]] = {}
-    kept = 0  # bytes up to the end of the last complete record
-    position = 0
-    while True:
-        ends = []
-        for _ in range(3):
-            end = data.find(b"\n", position)
-            if end < 0:
-                break
-            ends.append(end)
-            position = end + 1
-        if len(ends) < 3:
-            break
-        header, sequence, structure = data[kept : ends[2]].decode("utf-8").split("\n")
-        if not header.startswith(">") or not sequence or len(sequence) != len(structure):
-            break
-        done[header[1:]] = (sequence, structure)
-        kept = ends[2] + 1
-    if kept < len(data):
-        with open(path, "r+b") as handle:
-            handle.truncate(kept)
-    return done
+def _complete_record(lines: list[str]) -> bool:
+    header, sequence, structure = lines
+    return header.startswith(">") and bool(sequence) and len(sequence) == len(structure)
 
 
 def fold_fasta(
@@ -143,10 +102,8 @@ def fold_fasta(
     check_threshold(threshold)
     if min_hairpin < 0:
         raise ValueError(f"--min-hairpin must be 0 or more, not {min_hairpin}")
-    if fasta.is_dir():
-        raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
+    check_input_file(fasta)
+    check_output_folder(output_dir)
     valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid, unique_ids=unique_ids)]
     if not valid:
         raise InvalidRecordError(f"{fasta}: no records to fold")
@@ -157,7 +114,7 @@ def fold_fasta(
     predictor = predictor or load_predictor(model, head, dtype=dtype, device=device, max_tokens=max_tokens,
                                             window_overlap=window_overlap)
     threshold = predictor.head.config.threshold if threshold is None else threshold
-    settings = {
+    settings = run_settings({
         "model": str(getattr(predictor.lm, "source", "in-memory model")),
         "head": str(getattr(predictor.head, "source", "in-memory head")),
         "threshold": threshold,
@@ -169,28 +126,21 @@ def fold_fasta(
         "formats": sorted(set(formats) - {"dbn"}),  # predictions.dbn is always written
         "probabilities": probabilities,
         "input_records": len(valid),
-        "input_sha256": records_digest(valid),
         "plot": plot,
-        "protrna_version": __version__,
-    }
-    output_dir.mkdir(parents=True, exist_ok=True)
+    }, valid)
+    make_folder(output_dir)
     final = output_dir / "predictions.dbn"
-    partial = output_dir / "predictions.dbn.partial"
+    journal = LineJournal(partial_path(final), lines=3)
     settings_path = output_dir / "fold_settings.json"
-    if settings_path.exists() and (final.exists() or partial.exists()):
-        previous = json.loads(settings_path.read_text())
-        differing = {k: (previous.get(k), v) for k, v in settings.items()
-                     if k != "protrna_version" and previous.get(k) != v}
-        if differing:
-            raise FileExistsError(
-                f"{output_dir} holds a run with other settings ({differing}); choose another "
-                "output directory, or rerun with the same settings to resume"
-            )
-    settings_path.write_text(json.dumps(settings, indent=2) + "\n")
+    if final.exists() or journal.exists():
+        check_same_run(output_dir, read_settings_file(settings_path) or {}, settings,
+                       finished=not journal.exists())
+    write_settings_file(settings_path, settings)
 
     names = dict(zip([i for i, _ in valid], safe_file_names([i for i, _ in valid])))
-    done = _read_partial(partial)
-    if final.exists() and not partial.exists():
+    done = {header[1:]: (sequence, structure)
+            for header, sequence, structure in journal.read(_complete_record)[1]}
+    if final.exists() and not journal.exists():
         done = {r.id: (r.sequence, r.dot_bracket) for r in _read_dbn_records(final)}
     stale = [i for i in done if i not in names or done[i][0] != sequences[i]]
     if stale:
@@ -204,7 +154,7 @@ def fold_fasta(
     from .confidence import ConfidenceTable
 
     confidence = ConfidenceTable(output_dir)
-    with confidence, open(partial, "a", encoding="utf-8") as sink, tqdm(
+    with confidence, journal.appending() as sink, tqdm(
         total=len(valid), initial=len(done), unit="seq", desc="fold", disable=not progress, dynamic_ncols=True
     ) as bar:
         for result in predictor.predict(valid, skip=finished):
@@ -214,17 +164,12 @@ def fold_fasta(
             confidence.add(record.id, result.probabilities, pairs)  # before the record is marked done
             _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
                                 probabilities, plot, threshold)
-            # One write per record, flushed: a kill can tear at most the last record.
-            sink.write(f">{record.id}\n{record.sequence}\n{record.dot_bracket}\n")
-            sink.flush()
+            sink.append([f">{record.id}", record.sequence, record.dot_bracket])
             done[record.id] = (record.sequence, record.dot_bracket)
             bar.update(1)
 
     ordered = "".join(f">{i}\n{done[i][0]}\n{done[i][1]}\n" for i, _ in valid)
-    temporary = output_dir / ".predictions.dbn.tmp"
-    temporary.write_text(ordered, encoding="utf-8")
-    os.replace(temporary, final)
-    partial.unlink()
+    journal.finish(final, ordered)
     confidence.finish([i for i, _ in valid])
     log.info("wrote %s (%d structures)", final, len(valid))
     return final

@@ -38,6 +38,7 @@ import numpy as np
 from . import __version__
 from .confidence import CONFIDENCE_COLUMNS, Reliability, correlation, expected_accuracy, read_confidence_table
 from .metrics import METRICS, mean_scores, score
+from .runtime.paths import check_output_folder, make_folder
 from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, decode_matrix, read_reference
 
 logger = logging.getLogger(__name__)
@@ -591,8 +592,7 @@ def build_report(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise ValueError(f"two predictors are called {twice[0]!r}; name them apart (--predictions NAME=PATH)")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = make_folder(output_dir)
     start = time.perf_counter()
     report = {
         "protrna_version": f"protrna {__version__}",
@@ -692,6 +692,7 @@ def run_from_args(args) -> int:
         name, path = parse_predictions_option(value)
         predictors.append(FilePredictor(path, name))
     sets = read_sets(args.reference, args.limit)
+    check_output_folder(args.report, "--report")
     if not args.no_model:
         from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, load_predictor
 

@@ -47,10 +47,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import json
+import io
 import logging
 import math
-import os
 import random
 import re
 from pathlib import Path
@@ -71,6 +70,17 @@ from .digest import records_digest
 from .model import ProtRNA
 from .options import add_options
 from .runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, pack_if_owned, plan_windows, prepare_model, token_budget
+from .runtime.paths import check_input_file, check_output_file, make_parent, safe_file_names
+from .runtime.resume import (
+    LineJournal,
+    OtherRunError,
+    check_same_run,
+    commit,
+    partial_path,
+    plain,
+    read_settings_file,
+    write_settings_file,
+)
 from .runtime.store import allocate_dataset
 
 log = logging.getLogger(__name__)
@@ -707,36 +717,16 @@ def plot_saturation(path: str | Path, table: np.ndarray, sequence: str, title: s
     return path
 
 
-def _png_names(ids: Sequence[str]) -> list[str]:
-    """File-safe, unique (also on case-insensitive file systems) PNG names for record ids."""
-    names, used = [], set()
-    for record_id in ids:
-        base = re.sub(r"[^A-Za-z0-9._-]", "_", record_id)[:200].strip(".") or "record"
-        name, k = base, 1
-        while name.lower() in used:
-            k += 1
-            name = f"{base}-{k}"
-        used.add(name.lower())
-        names.append(name + ".png")
-    return names
-
-
 # ---- outputs that resume -----------------------------------------------------------------------
 
 
-def _differences(found: Mapping, wanted: Mapping) -> list[str]:
-    """What differs between a recorded run's settings and this one's, in words."""
-    words = {"input_sha256": "the FASTA records (ids or sequences)", "variants_sha256": "the variants file's rows"}
-    return [words.get(key) or f"{key} (then {found.get(key)!r}, now {value!r})"
-            for key, value in wanted.items() if key != "protrna_version" and found.get(key) != value]
+#: What a changed digest means in this job's terms.
+_DIGEST_WORDS = {"input_sha256": "the FASTA records (ids or sequences)", "variants_sha256": "the variants file's rows"}
 
 
-def _refuse(path: Path, differences: list[str], finished: bool) -> FileExistsError:
-    return FileExistsError(
-        f"{path} was {'made' if finished else 'started'} with other settings: {', '.join(differences)}. "
-        + ("Remove it or choose another output." if finished else
-           "Rerun with the original settings to resume, or remove it (and its .partial) to start over.")
-    )
+def _check_same_run(path: Path, recorded: Mapping, settings: Mapping, finished: bool) -> None:
+    check_same_run(path, {k: plain(v) for k, v in recorded.items()}, settings, finished=finished,
+                   words=_DIGEST_WORDS)
 
 
 class _TsvOutput:
@@ -746,7 +736,7 @@ class _TsvOutput:
 
     def __init__(self, path: Path):
         self.path = path
-        self.partial = path.with_name(path.name + ".partial")
+        self.partial = partial_path(path)
         self.settings_path = path.with_name(path.name + ".json")
 
     def refuse_foreign(self) -> None:
@@ -757,60 +747,45 @@ class _TsvOutput:
                                       f"{self.settings_path.name} beside it); remove it or choose another output")
 
     def _recorded(self) -> dict | None:
-        try:
-            recorded = json.loads(self.settings_path.read_text())
-        except (OSError, ValueError):
-            return None
-        return recorded if isinstance(recorded, dict) and recorded.get("job") == "protrna score" else None
+        recorded = read_settings_file(self.settings_path)
+        return recorded if recorded is not None and recorded.get("job") == "protrna score" else None
 
     def complete_already(self, settings: dict) -> bool:
         """Whether ``OUT`` is finished with these settings (refused if with others)."""
         if not self.path.exists():
             return False
-        differences = _differences(self._recorded() or {}, settings)
-        if differences:
-            raise _refuse(self.path, differences, finished=True)
+        _check_same_run(self.path, self._recorded() or {}, settings, finished=True)
         return True
 
     def begin(self, settings: dict, width: int) -> dict[int, list[str]]:
         """Rows done by an earlier run with the same settings (refused with other settings)."""
         done: dict[int, list[str]] = {}
         if self.partial.exists():
-            differences = _differences(self._recorded() or {}, settings)
-            if differences:
-                raise _refuse(self.partial, differences, finished=False)
+            _check_same_run(self.partial, self._recorded() or {}, settings, finished=False)
             done = self._read_partial(width)
-        self.settings_path.write_text(json.dumps({"job": "protrna score", **settings}, indent=2) + "\n")
+        write_settings_file(self.settings_path, {"job": "protrna score", **settings})
         if not self.partial.exists():
-            self.partial.write_text("row\n")
+            self.journal.start(["row"])
         return done
+
+    @property
+    def journal(self) -> LineJournal:
+        return LineJournal(self.partial, lines=1, header_lines=1)  # header: "row"
 
     def _read_partial(self, width: int) -> dict[int, list[str]]:
-        data = self.partial.read_bytes()
-        done: dict[int, list[str]] = {}
-        kept = data.find(b"\n") + 1  # the header line
-        while True:
-            end = data.find(b"\n", kept)
-            if end < 0:
-                break
-            fields = data[kept:end].decode("utf-8").split("\t")
-            if len(fields) != width + 1 or not fields[0].isdigit():
-                break
-            done[int(fields[0])] = fields[1:]
-            kept = end + 1
-        if kept < len(data):  # a row torn by a kill, or garbage after it
-            with open(self.partial, "r+b") as handle:
-                handle.truncate(kept)
-        return done
+        def complete(lines: list[str]) -> bool:
+            fields = lines[0].split("\t")
+            return len(fields) == width + 1 and fields[0].isdigit()
+
+        _, records = self.journal.read(complete)
+        return {int(fields[0]): fields[1:] for fields in (lines[0].split("\t") for lines in records)}
 
     def finish(self, header: list[str], rows: Iterable[list[str]]) -> None:
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        with open(temporary, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-        os.replace(temporary, self.path)
-        self.partial.unlink()
+        text = io.StringIO()
+        writer = csv.writer(text, delimiter="\t", lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+        self.journal.finish(self.path, text.getvalue())
 
 
 def _number(value: float) -> str:
@@ -854,10 +829,11 @@ class SaturationStore:
     def open(cls, path: Path, records: Sequence[tuple[str, str]], settings: dict) -> "SaturationStore":
         if path.exists():
             h5 = cls.open_file(path, "r+")
-            differences = _differences({k: _plain(v) for k, v in h5.attrs.items()}, settings)
-            if differences:
+            try:
+                _check_same_run(path, dict(h5.attrs), settings, finished=False)
+            except OtherRunError:
                 h5.close()
-                raise _refuse(path, differences, finished=False)
+                raise
             return cls(h5, path)
         h5 = cls.open_file(path, "w")
         text = h5py.string_dtype("utf-8")
@@ -892,10 +868,6 @@ class SaturationStore:
     def close(self, complete: bool) -> None:
         self.h5.attrs["complete"] = complete
         self.h5.close()
-
-
-def _plain(value):
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def read_saturation(path: str | Path) -> Iterator[tuple[str, str, np.ndarray]]:
@@ -950,17 +922,15 @@ def score_fasta(
     plan_windows(MAX_RESIDUES + 1, MAX_RESIDUES, window_overlap)  # checks the overlap, before any work
     if max_tokens is not None:
         token_budget(max_tokens, torch.device("cpu"))
-    if fasta.is_dir():
-        raise IsADirectoryError(f"input {fasta} is a folder; give a FASTA file")
-    if not fasta.is_file():
-        raise FileNotFoundError(f"input {fasta} does not exist")
-    if output.is_dir():
-        raise IsADirectoryError(f"--output {output} is a folder; give a file name")
+    check_input_file(fasta)
+    if variants is not None:
+        check_input_file(variants, "--variants", "a CSV or TSV file of variants")
+    check_output_file(output, example="scores.h5" if hdf5 else "scores.tsv")
     for given in filter(None, (fasta, variants and Path(variants))):
-        if output.resolve() == given.resolve() or output.with_name(output.name + ".partial").resolve() == given.resolve():
+        if output.resolve() == given.resolve() or partial_path(output).resolve() == given.resolve():
             raise ValueError(f"--output {output} would write over the input {given}")
     if mode == "saturation":
-        for existing in (output, output.with_name(output.name + ".partial")):
+        for existing in (output, partial_path(output)):
             if existing.exists():
                 SaturationStore.open_file(existing, "r").close()
     else:
@@ -983,7 +953,7 @@ def score_fasta(
                              "score column; rename it")
         settings["method"] = method
         settings["variants_sha256"] = records_digest((row.id, "\t".join(row.values)) for row in rows)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(output)
 
     with _Prepared(model, max_tokens, window_overlap, dtype=dtype, device=device) as scorer:
         settings.update({
@@ -1046,11 +1016,10 @@ def _score_table(scorer: MaskedScorer, records: list[tuple[str, str]], rows: lis
 
     bar, on_batch = _progress(count, len(done), "RNA" if settings["mode"] == "pppl" else "variant",
                               settings.get("method", "pppl"), progress, scorer)
-    with bar, open(sink.partial, "a", encoding="utf-8") as partial:
+    with bar, sink.journal.appending() as partial:
         for unit, results in _evaluate(scorer, units, on_batch):
             done[unit.index] = values(unit, results)
-            partial.write("\t".join([str(unit.index), *done[unit.index]]) + "\n")
-            partial.flush()  # one line per result: a kill tears at most the last
+            partial.append(["\t".join([str(unit.index), *done[unit.index]])])
             bar.update(1)
     if settings["mode"] == "pppl":
         table = ([name, str(len(sequence)), *done[i]] for i, (name, sequence) in enumerate(records))
@@ -1062,7 +1031,7 @@ def _score_table(scorer: MaskedScorer, records: list[tuple[str, str]], rows: lis
 def _score_saturation(scorer: MaskedScorer, records: list[tuple[str, str]], output: Path, settings: dict,
                       plot: bool, progress: bool) -> None:
     plot_dir = output.with_name(output.stem + "_plots")
-    png = dict(zip(range(len(records)), _png_names([name for name, _ in records])))
+    png = dict(enumerate(f"{name}.png" for name in safe_file_names([name for name, _ in records])))
 
     def draw_missing(path: Path) -> None:
         if not plot:
@@ -1074,13 +1043,11 @@ def _score_saturation(scorer: MaskedScorer, records: list[tuple[str, str]], outp
 
     if output.exists():
         with SaturationStore.open_file(output, "r") as h5:
-            differences = _differences({k: _plain(v) for k, v in h5.attrs.items()}, settings)
-        if differences:
-            raise _refuse(output, differences, finished=True)
+            _check_same_run(output, dict(h5.attrs), settings, finished=True)
         log.info("%s is complete already; nothing to do", output)
         draw_missing(output)
         return
-    partial = output.with_name(output.name + ".partial")
+    partial = partial_path(output)
     store = SaturationStore.open(partial, records, settings)
     complete = False
     try:
@@ -1105,7 +1072,7 @@ def _score_saturation(scorer: MaskedScorer, records: list[tuple[str, str]], outp
     finally:
         store.close(complete)
     if complete:
-        os.replace(partial, output)
+        commit(partial, output)
         draw_missing(output)
 
 

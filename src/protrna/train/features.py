@@ -38,7 +38,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Sequence
@@ -55,6 +54,7 @@ from ..digest import tensors_digest
 from ..alphabet import MAX_RESIDUES
 from ..cpu import pack_for_cpu_inference
 from ..runtime import DEFAULT_OVERLAP, WindowedEncoder, token_budget
+from ..runtime.resume import OtherRunError, check_same_run, commit, partial_path, plain
 from ..runtime.store import allocate_dataset
 from ..model import ProtRNA
 from .checkpoint import latest_checkpoint
@@ -246,7 +246,7 @@ def _build(lm: ProtRNA, path: Path, key: str, fingerprint: str, lm_source: str, 
            distinct: list[list[int]], rows: np.ndarray, max_tokens: int | None, progress: bool,
            description: str) -> FeatureCache:
     layer = lm.num_layers
-    partial = path.with_name(path.name + ".partial")
+    partial = partial_path(path)
     lengths = np.array([len(ids) for ids in distinct], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(lengths)])
     h5 = _open_partial(partial, key, fingerprint, lm_source, settings, lengths, offsets, lm.embed_dim, layer)
@@ -284,8 +284,12 @@ def _build(lm: ProtRNA, path: Path, key: str, fingerprint: str, lm_source: str, 
         h5.close()
         if unpack is not None:
             unpack()
-    os.replace(partial, path)
+    commit(partial, path)
     return FeatureCache(path, rows, built=True)
+
+
+#: The cache key digests the model's weights, the settings and the sequences (see the module doc).
+_KEY_WORDS = {"key": "the language model's weights, the feature settings or the sequences"}
 
 
 def _open_partial(
@@ -299,10 +303,15 @@ def _open_partial(
             logger.warning("discarding unreadable %s (%s)", partial, error)
             partial.unlink()
         else:
-            if h5.attrs.get("key") == key and np.array_equal(h5["lengths"][:], lengths):
-                return h5
-            h5.close()
-            raise FileExistsError(f"{partial} belongs to other input; remove it to start over")
+            recorded = {"key": plain(h5.attrs.get("key"))}
+            if not np.array_equal(h5["lengths"][:], lengths):
+                recorded["key"] = None
+            try:
+                check_same_run(partial, recorded, {"key": key}, finished=False, words=_KEY_WORDS)
+            except OtherRunError:
+                h5.close()
+                raise
+            return h5
     h5 = h5py.File(partial, "w")
     h5.create_dataset("lengths", data=lengths)
     h5.create_dataset("offsets", data=offsets)

@@ -66,6 +66,7 @@ from ..model import ProtRNA
 from ..options import add_options, at_least, positive, token_count
 from ..pretrained import source_name
 from ..runtime import DEFAULT_MODEL, DEFAULT_OVERLAP, prepare_model
+from ..runtime.paths import check_input_file, check_output_file, make_parent
 from ..weights.registry import cache_root
 from .features import (
     STORAGE_DTYPES,
@@ -520,9 +521,12 @@ def predict_file(args: argparse.Namespace) -> dict:
     metrics when the input has usable labels."""
     if args.input is None:
         raise ValueError("--predict needs --input FILE (FASTA, CSV or TSV)")
-    for written in (args.output, args.summary):
+    check_input_file(args.input, "--input", "a FASTA, CSV or TSV file")
+    for flag, written in (("--output", args.output), ("--summary", args.summary)):
         if written is not None and Path(written).exists() and Path(written).resolve() == Path(args.input).resolve():
             raise ValueError(f"{written} is the input file; choose another output")
+        if written is not None:
+            check_output_file(written, flag, example="predictions.tsv" if flag == "--output" else "summary.json")
     model = load_finetuned(args.predict, args.model, device=args.device, max_tokens=args.lm_max_tokens)
     config = model.config
     input_format = _input_format(args, model.info.get("input_format"))
@@ -531,7 +535,7 @@ def predict_file(args: argparse.Namespace) -> dict:
     predictions = model.predict([(r.id, r.sequence) for r in records], progress=not args.quiet)
     for record, prediction in zip(records, predictions):
         prediction.index = record.index
-    write_predictions(args.output, config, predictions, records)
+    write_predictions(make_parent(args.output), config, predictions, records)
     logger.info("wrote %d predictions to %s", len(predictions), args.output)
     metrics = {}
     if all(r.label is not None for r in records):
@@ -543,7 +547,7 @@ def predict_file(args: argparse.Namespace) -> dict:
             print(f"{args.input}: {_metrics_line(metrics)}", flush=True)
     if args.summary is not None:
         summary = {"model": str(args.predict), "input": str(args.input), "n": len(records), "metrics": metrics}
-        Path(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
+        make_parent(args.summary).write_text(json.dumps(summary, indent=2) + "\n")
     return metrics
 
 
