@@ -375,7 +375,11 @@ def read_tsv(path):
 
 
 def run(*argv) -> int:
-    return main(["score", *map(str, argv), "--quiet"])
+    """The command's exit status, as a shell sees it (argparse's refusals exit with 2)."""
+    try:
+        return main(["score", *map(str, argv), "--quiet"])
+    except SystemExit as exit:
+        return exit.code
 
 
 def test_cli_pppl(saved_model, fasta, tmp_path):
@@ -569,7 +573,7 @@ def test_foreign_files_and_bad_options_are_refused_before_any_work(saved_model, 
         ([fasta, "--saturation", "-o", tmp_path / "x.tsv"], "give an output ending in .h5"),
         ([fasta, "--pppl", "-o", tmp_path / "x.h5"], "writes a TSV table"),
         ([fasta, "--pppl", "-o", fasta], "would write over the input"),
-        ([fasta, "--pppl", "-o", tmp_path / "x.tsv", "--max-tokens", "0"], "--max-tokens must be at least 1"),
+        ([fasta, "--pppl", "-o", tmp_path / "x.tsv", "--max-tokens", "0"], "--max-tokens: must be at least 1"),
         ([tmp_path / "none.fa", "--pppl", "-o", tmp_path / "x.tsv"], "does not exist"),
     ]:
         assert run(*argv, "--model", directory) == 2
