@@ -77,3 +77,20 @@ def test_bench_embed_runs_each_variant_in_its_own_process(tmp_path):
     assert [r["variant"] for r in results] == variants
     for r in results:
         assert r["tokens_per_s"] == pytest.approx(2 * 12 / r["seconds"], rel=1e-6)
+
+
+def test_bench_long_fold_times_protrna_and_rnaplfold_on_the_same_rnas(tmp_path):
+    pytest.importorskip("RNA", reason="RNAplfold is ViennaRNA's (pip install viennarna)")
+    out = tmp_path / "long.json"
+    done = run_script("bench_long_fold.py", "--lengths", "150", "40", "--max-span", "64", "--lm-layers", "1",
+                      "--lm-dim", "64", "--lm-heads", "2", "--head-blocks", "1", "--json", str(out),
+                      cwd=tmp_path)  # fmt: skip
+    results = json.loads(out.read_text())["results"]
+    assert [(r["length"], r["tool"]) for r in results] == [(150, "protrna"), (150, "rnaplfold"), (40, "protrna"),
+                                                            (40, "rnaplfold")]  # fmt: skip
+    long, plfold, short = results[0], results[1], results[2]
+    assert long["windows"] == 4 and short["windows"] == 1  # 150 nt: (0, 64) (32, 96) (64, 128) (86, 150)
+    assert 0 < long["head_seconds"] <= long["seconds"] and long["lm_seconds"] > 0
+    assert long["peak_rss_gb"] >= long["rss_before_gb"] > 0 and long["listed_pairs"] > 0
+    assert plfold["command"] == "RNAplfold -W 64 -L 63 -c 0.001" and 0 < plfold["max_span_listed"] <= 63
+    assert "| 150 | protrna |" in done.stdout

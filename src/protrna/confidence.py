@@ -23,6 +23,11 @@ so how well expected F1 follows the real one is measured, not assumed: :func:`co
 fraction of them that are reference pairs). ``protrna evaluate --report`` prints both, and
 ``protrna fold`` writes :class:`ConfidenceTable` (``confidence.tsv``) beside its predictions.
 
+Long RNAs folded in windows come as :class:`~protrna.sparse_pairs.SparsePairProbabilities`: ``P``
+is then zero for the pairs that were not predicted (``j - i >= max_span``), ``E[N]`` and ``p(i)``
+are its exact sums over every predicted pair (kept when the list is made), and ``E[TP]`` sums the
+listed pairs of ``S`` (a predicted pair at or below the list's floor counts 0).
+
 >>> P = np.zeros((6, 6)); P[0, 5] = P[5, 0] = 0.9; P[1, 4] = P[4, 1] = 0.5
 >>> estimate = expected_accuracy(P, BasePairs(6, [(0, 5)]))
 >>> round(estimate.expected_precision, 3), round(estimate.expected_recall, 3), round(estimate.expected_f1, 3)
@@ -42,6 +47,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 from .runtime.resume import LineJournal, partial_path
+from .sparse_pairs import SparsePairProbabilities
 from .structure import BasePairs
 
 logger = logging.getLogger(__name__)
@@ -77,13 +83,15 @@ def check_probabilities(probabilities: np.ndarray, source: str = "") -> np.ndarr
     return matrix
 
 
-def pairing_probability(probabilities: np.ndarray) -> np.ndarray:
+def pairing_probability(probabilities: np.ndarray | SparsePairProbabilities) -> np.ndarray:
     """Per base, the sum of its pair probabilities with every other base, shape ``(L,)``.
 
     >>> P = np.array([[0, .7, .2], [.7, 0, 0], [.2, 0, 0]])
     >>> pairing_probability(P).round(3).tolist()
     [0.9, 0.7, 0.2]
     """
+    if isinstance(probabilities, SparsePairProbabilities):
+        return probabilities.check().pairing.copy()
     matrix = check_probabilities(probabilities)
     return matrix.sum(axis=1) - np.diagonal(matrix)
 
@@ -104,23 +112,32 @@ class Confidence:
 
 
 def expected_accuracy(
-    probabilities: np.ndarray, pairs: BasePairs | np.ndarray, *, source: str = ""
+    probabilities: np.ndarray | SparsePairProbabilities, pairs: BasePairs | np.ndarray, *, source: str = ""
 ) -> Confidence:
     """Expected precision, recall and F1 of ``pairs`` under ``probabilities`` (module doc).
 
     ``pairs`` is a :class:`BasePairs` or a 0/1 ``(L, L)`` matrix (as the model's thresholded map,
-    several partners per base allowed; either triangle counts).
+    several partners per base allowed; either triangle counts). ``probabilities``: a symmetric
+    ``(L, L)`` matrix or the pair list of a long RNA.
     """
-    matrix = check_probabilities(probabilities, source)
+    if isinstance(probabilities, SparsePairProbabilities):
+        length = probabilities.check(source).length
+    else:
+        matrix = check_probabilities(probabilities, source)
+        length = matrix.shape[0]
     if not isinstance(pairs, BasePairs):
         pairs = BasePairs.from_matrix(np.asarray(pairs))
-    if pairs.length != matrix.shape[0]:
-        raise ValueError(f"{_where(source)}structure is for {pairs.length} nt, probabilities for {matrix.shape[0]} nt")
-    length = matrix.shape[0]
+    if pairs.length != length:
+        raise ValueError(f"{_where(source)}structure is for {pairs.length} nt, probabilities for {length} nt")
     predicted = len(pairs.pairs)
-    true_positives = float(matrix[pairs.pairs[:, 0], pairs.pairs[:, 1]].sum()) if predicted else 0.0
-    expected_pairs = float(np.triu(matrix, k=1).sum())
-    pairing = matrix.sum(axis=1) - np.diagonal(matrix)
+    if isinstance(probabilities, SparsePairProbabilities):
+        true_positives = float(probabilities.lookup(pairs.pairs).sum())
+        expected_pairs = probabilities.expected_pairs
+        pairing = probabilities.pairing
+    else:
+        true_positives = float(matrix[pairs.pairs[:, 0], pairs.pairs[:, 1]].sum()) if predicted else 0.0
+        expected_pairs = float(np.triu(matrix, k=1).sum())
+        pairing = matrix.sum(axis=1) - np.diagonal(matrix)
     return Confidence(
         predicted_pairs=predicted,
         expected_precision=true_positives / predicted if predicted else 0.0,
@@ -325,7 +342,9 @@ class ConfidenceTable:
                       ([_tsv_line(_fields(row))] for row in self.rows.values()))
         self._sink = journal.appending()
 
-    def add(self, record_id: str, probabilities: np.ndarray, pairs: BasePairs) -> Confidence:
+    def add(
+        self, record_id: str, probabilities: np.ndarray | SparsePairProbabilities, pairs: BasePairs
+    ) -> Confidence:
         """Estimate the confidence of one folded record and append its row (flushed)."""
         confidence = expected_accuracy(probabilities, pairs, source=f"record {record_id!r}")
         self.rows[record_id] = {"id": record_id, "length": pairs.length, **confidence.as_dict()}

@@ -2,13 +2,18 @@
 
 :class:`protrna.runtime.StructurePredictor` turns RNAs of any length into pair-probability maps: the language
 model runs in 510-nt windows where needed (as in ``protrna embed``) and the head sees the whole
-RNA at once. :func:`fold_fasta` writes, into an output directory::
+RNA at once up to ``--max-span`` nt (default 500, the longest RNAs the released head learnt from);
+longer RNAs go through the head in overlapping windows of that length, pairs at least that far
+apart are not predicted, and their probabilities are a sparse pair list
+(:mod:`protrna.runtime.long_rnas`). :func:`fold_fasta` writes, into an output directory::
 
     predictions.dbn      3-line records (>id, sequence, dot-bracket), input order
     confidence.tsv       per record: predicted pairs, expected precision / recall / F1 and mean
                          pairing probability from the pair probabilities (protrna.confidence)
     <id>.bpseq, <id>.ct  with --format bpseq / ct (ids made file-safe)
     <id>.npy             with --probabilities: the (L, L) float32 pair-probability map
+    <id>.npz             with --probabilities, for RNAs longer than --max-span: the pairs above
+                         --pair-floor (protrna.sparse_pairs; --dense-probabilities: .npy instead)
     <id>.png             with --plot: probability map with the predicted pairs, and an arc diagram
     fold_settings.json   model, head, threshold and decoding options of the run
 
@@ -33,7 +38,17 @@ from .data.records import InvalidRecordError, valid_records
 from .heads.ss import RotaFormer
 from .model import ProtRNA
 from .options import add_options
-from .runtime import DEFAULT_HEAD, DEFAULT_MODEL, DEFAULT_OVERLAP, StructurePredictor, load_predictor
+from .runtime import (
+    DEFAULT_HEAD,
+    DEFAULT_MAX_SPAN,
+    DEFAULT_MODEL,
+    DEFAULT_OVERLAP,
+    DEFAULT_PAIR_FLOOR,
+    StructurePredictor,
+    check_max_span,
+    load_predictor,
+)
+from .sparse_pairs import SparsePairProbabilities
 from .runtime.paths import check_input_file, check_output_folder, make_folder, safe_file_names
 from .runtime.resume import (
     LineJournal,
@@ -79,6 +94,9 @@ def fold_fasta(
     device: str | None = None,
     max_tokens: int | None = None,
     window_overlap: int = DEFAULT_OVERLAP,
+    max_span: int | None = None,
+    pair_floor: float = DEFAULT_PAIR_FLOOR,
+    dense_probabilities: bool = False,
     skip_invalid: bool = False,
     unique_ids: bool = False,
     progress: bool = True,
@@ -88,7 +106,11 @@ def fold_fasta(
 
     ``threshold`` defaults to the head's own (0.25 for the official head); ``resolve``,
     ``canonical_only`` and ``min_hairpin`` are those of :func:`protrna.structure.resolve_conflicts`
-    (``resolve`` is its ``method``). Returns the path of ``predictions.dbn``.
+    (``resolve`` is its ``method``). ``max_span``: RNAs longer than this are folded in windows
+    (None: :data:`~protrna.runtime.defaults.DEFAULT_MAX_SPAN`, or a given ``predictor``'s own; 0:
+    every RNA whole); their pair lists keep the pairs above ``pair_floor``, written as ``.npz``
+    unless ``dense_probabilities`` (which also switches ``probabilities`` on). Returns the path of
+    ``predictions.dbn``.
     """
     fasta, output_dir = Path(fasta), Path(output_dir)
     formats = list(dict.fromkeys(formats))
@@ -102,6 +124,13 @@ def fold_fasta(
     check_threshold(threshold)
     if min_hairpin < 0:
         raise ValueError(f"--min-hairpin must be 0 or more, not {min_hairpin}")
+    if max_span is not None:
+        max_span = check_max_span(max_span)
+        if predictor is not None and predictor.max_span != max_span:
+            raise ValueError(f"max_span={max_span}, but the predictor given folds with max_span={predictor.max_span}")
+    if not 0.0 <= pair_floor < 1.0:
+        raise ValueError(f"--pair-floor is a pair probability in [0, 1), not {pair_floor}")
+    probabilities = probabilities or dense_probabilities
     check_input_file(fasta)
     check_output_folder(output_dir)
     valid = [(record.id, record.sequence) for record in valid_records(fasta, skip_invalid, unique_ids=unique_ids)]
@@ -112,7 +141,8 @@ def fold_fasta(
     # resumes only on the same records: another input could give a done record's name to a new one.
 
     predictor = predictor or load_predictor(model, head, dtype=dtype, device=device, max_tokens=max_tokens,
-                                            window_overlap=window_overlap)
+                                            window_overlap=window_overlap,
+                                            max_span=DEFAULT_MAX_SPAN if max_span is None else max_span)
     threshold = predictor.head.config.threshold if threshold is None else threshold
     settings = run_settings({
         "model": str(getattr(predictor.lm, "source", "in-memory model")),
@@ -123,6 +153,9 @@ def fold_fasta(
         "resolve": resolve,
         "dtype": str(predictor.lm.dtype).removeprefix("torch."),
         "window_overlap": window_overlap,
+        "max_span": predictor.max_span,
+        "pair_floor": pair_floor,
+        "dense_probabilities": dense_probabilities,
         "formats": sorted(set(formats) - {"dbn"}),  # predictions.dbn is always written
         "probabilities": probabilities,
         "input_records": len(valid),
@@ -157,13 +190,16 @@ def fold_fasta(
     with confidence, journal.appending() as sink, tqdm(
         total=len(valid), initial=len(done), unit="seq", desc="fold", disable=not progress, dynamic_ncols=True
     ) as bar:
-        for result in predictor.predict(valid, skip=finished):
+        # Decoding needs every pair above the threshold, the files those above the floor.
+        for result in predictor.predict(valid, skip=finished, pair_floor=min(pair_floor, threshold)):
+            if result.sparse:
+                _log_windows(result.id, result.probabilities, predictor)
             pairs = resolve_conflicts(result.probabilities, threshold, sequence=result.sequence,
                                       canonical_only=canonical_only, min_hairpin=min_hairpin, method=resolve)
             record = StructureRecord(result.id, result.sequence, pairs)
             confidence.add(record.id, result.probabilities, pairs)  # before the record is marked done
             _write_record_files(record, result.probabilities, output_dir / names[result.id], formats,
-                                probabilities, plot, threshold)
+                                probabilities, plot, threshold, pair_floor, dense_probabilities)
             sink.append([f">{record.id}", record.sequence, record.dot_bracket])
             done[record.id] = (record.sequence, record.dot_bracket)
             bar.update(1)
@@ -181,19 +217,32 @@ def _read_dbn_records(path: Path):
     return list(read_dbn(path))
 
 
-def _write_record_files(record: StructureRecord, probabilities: np.ndarray, stem: Path, formats,
-                        save_probabilities: bool, plot: bool, threshold: float) -> None:
+def _log_windows(record_id: str, pairs: SparsePairProbabilities, predictor: StructurePredictor) -> None:
+    # What RNAplfold's -L says by its option: which pairs the output cannot hold.
+    log.info("%s: %d nt, longer than --max-span %d: folded in %d windows of %d nt; pairs %d or more nt apart "
+             "are not predicted, pairs up to %d apart all are", record_id, pairs.length, pairs.max_span,
+             len(predictor.windows(pairs.length)), pairs.max_span, pairs.max_span, pairs.complete_span)
+
+
+def _write_record_files(record: StructureRecord, probabilities: np.ndarray | SparsePairProbabilities, stem: Path,
+                        formats, save_probabilities: bool, plot: bool, threshold: float, pair_floor: float,
+                        dense_probabilities: bool) -> None:
+    sparse = isinstance(probabilities, SparsePairProbabilities)
     if "bpseq" in formats:
         write_bpseq(record, stem.with_name(stem.name + ".bpseq"))
     if "ct" in formats:
         write_ct(record, stem.with_name(stem.name + ".ct"))
-    if save_probabilities:
-        np.save(stem.with_name(stem.name + ".npy"), probabilities)
+    if save_probabilities and sparse and not dense_probabilities:
+        probabilities.above(max(pair_floor, probabilities.floor)).save(stem.with_name(stem.name + ".npz"))
+    elif save_probabilities:
+        np.save(stem.with_name(stem.name + ".npy"), probabilities.to_dense() if sparse else probabilities)
     if plot:
         from .plot import plot_structure
 
-        plot_structure(stem.with_name(stem.name + ".png"), probabilities=probabilities, pred=record.pairs,
-                       sequence=record.sequence, title=record.id, threshold=threshold)
+        # A long RNA's map is not drawn (it would be L x L); its pairs and pairing track are.
+        plot_structure(stem.with_name(stem.name + ".png"), probabilities=None if sparse else probabilities,
+                       pred=record.pairs, sequence=record.sequence, title=record.id, threshold=threshold,
+                       pairing=probabilities.pairing if sparse else None)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -217,12 +266,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--resolve", choices=CONFLICT_METHODS, default="greedy",
                         help="one partner per base: most probable pairs first (greedy, default) or the "
                         "exact maximum-weight matching (matching)")
-    parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy")
+    parser.add_argument("--probabilities", action="store_true", help="save each pair-probability map as .npy (RNAs longer than --max-span: the pair list, .npz)")
     parser.add_argument("--plot", action="store_true", help="save a PNG per record")
     add_options(parser, "dtype", "device", "max-tokens")
     parser.add_argument("--window-overlap", type=int, default=DEFAULT_OVERLAP,
-                        help="overlap of the 510-nt language-model windows covering longer RNAs; the head "
-                        "always sees the whole RNA (default: %(default)s)")
+                        help="overlap of the 510-nt language-model windows covering longer RNAs "
+                        "(default: %(default)s)")
+    parser.add_argument("--max-span", type=int, default=DEFAULT_MAX_SPAN,
+                        help="RNAs up to this length go through the head whole, longer ones in windows of it "
+                        "(stride half a window), and pairs this far apart or more are not predicted; 0: every "
+                        "RNA whole (default: %(default)s, the longest RNAs the released head was trained on)")
+    parser.add_argument("--pair-floor", type=float, default=DEFAULT_PAIR_FLOOR,
+                        help="pair probabilities of RNAs longer than --max-span are saved as a list of the "
+                        "pairs above this (default: %(default)s)")
+    parser.add_argument("--dense-probabilities", action="store_true",
+                        help="save every RNA's pair probabilities as an (L, L) .npy, long ones too (L x L x 4 "
+                        "bytes each)")
     add_options(parser, "invalid", "unique-ids", "quiet")
     parser.set_defaults(func=_run)
 
@@ -233,7 +292,8 @@ def _run(args: argparse.Namespace) -> int:
             fasta, args.output_dir, args.model or DEFAULT_MODEL, args.head or DEFAULT_HEAD, formats=args.format, threshold=args.threshold,
             probabilities=args.probabilities, plot=args.plot, canonical_only=args.canonical_only,
             min_hairpin=args.min_hairpin, resolve=args.resolve, dtype=args.dtype, device=args.device,
-            max_tokens=args.max_tokens, window_overlap=args.window_overlap, skip_invalid=args.invalid == "skip",
+            max_tokens=args.max_tokens, window_overlap=args.window_overlap, max_span=args.max_span,
+            pair_floor=args.pair_floor, dense_probabilities=args.dense_probabilities, skip_invalid=args.invalid == "skip",
             unique_ids=args.unique_ids,
             progress=not args.quiet,
         )

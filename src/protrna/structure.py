@@ -29,6 +29,7 @@ import numpy as np
 
 from .alphabet import encode_rna
 from .data.fasta import read_fasta
+from .sparse_pairs import SparsePairProbabilities
 
 #: Probability above which the original counts a pair (chosen on VL0 for the released head).
 DEFAULT_THRESHOLD = 0.25
@@ -687,7 +688,7 @@ def _maximum_weight_pairs(i: np.ndarray, j: np.ndarray, weights: np.ndarray) -> 
 
 
 def resolve_conflicts(
-    probabilities: np.ndarray,
+    probabilities: np.ndarray | SparsePairProbabilities,
     threshold: float = DEFAULT_THRESHOLD,
     *,
     sequence: str | None = None,
@@ -698,7 +699,9 @@ def resolve_conflicts(
     """One partner per base: a structure that files can hold.
 
     Candidates are the cells ``(i, j)``, ``i < j``, of the upper triangle with probability above
-    ``threshold``. ``method``:
+    ``threshold`` (or the listed pairs of a :class:`~protrna.sparse_pairs.SparsePairProbabilities`
+    above it, which give the same structure as its dense matrix; the threshold may not lie below
+    the list's floor). ``method``:
 
     * ``"greedy"`` (default): taken from the most probable down, skipping any whose bases are
       already paired (ties: 5' pair first). Fast; keeps at least half the weight of the best
@@ -725,12 +728,15 @@ def resolve_conflicts(
     >>> resolve_conflicts(p).to_list(), resolve_conflicts(p, method="matching").to_list()
     ([(0, 5), (1, 4)], [(0, 4), (1, 5)])
     """
-    probabilities = np.asarray(probabilities, dtype=np.float64)
-    if probabilities.ndim != 2 or probabilities.shape[0] != probabilities.shape[1]:
-        raise ValueError(
-            f"pair probabilities must be square (L, L), got shape {probabilities.shape}"
-        )
-    length = probabilities.shape[0]
+    if isinstance(probabilities, SparsePairProbabilities):
+        length = probabilities.length
+    else:
+        probabilities = np.asarray(probabilities, dtype=np.float64)
+        if probabilities.ndim != 2 or probabilities.shape[0] != probabilities.shape[1]:
+            raise ValueError(
+                f"pair probabilities must be square (L, L), got shape {probabilities.shape}"
+            )
+        length = probabilities.shape[0]
     if sequence is not None and len(sequence) != length:
         raise ValueError(
             f"sequence has {len(sequence)} nt but the probability map is {length} x {length}"
@@ -741,17 +747,21 @@ def resolve_conflicts(
         raise ValueError(f"min_hairpin must be >= 0, got {min_hairpin}")
     if method not in CONFLICT_METHODS:
         raise ValueError(f"method must be one of {CONFLICT_METHODS}, got {method!r}")
-    i, j = np.triu_indices(length, k=min_hairpin + 1)
-    keep = probabilities[i, j] > threshold
-    i, j = i[keep], j[keep]
+    if isinstance(probabilities, SparsePairProbabilities):
+        i, j, weights = probabilities.candidates(threshold, min_hairpin)  # in triu order too
+    else:
+        i, j = np.triu_indices(length, k=min_hairpin + 1)
+        keep = probabilities[i, j] > threshold
+        i, j = i[keep], j[keep]
+        weights = probabilities[i, j]
     if canonical_only:
         canonical = np.array(
             [is_canonical(sequence[a], sequence[b]) for a, b in zip(i, j)], dtype=bool
         )
-        i, j = i[canonical], j[canonical]
+        i, j, weights = i[canonical], j[canonical], weights[canonical]
     if method == "matching":
-        return BasePairs(length, _maximum_weight_pairs(i, j, probabilities[i, j]))
-    order = np.argsort(-probabilities[i, j], kind="stable")  # triu order breaks ties 5' first
+        return BasePairs(length, _maximum_weight_pairs(i, j, weights))
+    order = np.argsort(-weights, kind="stable")  # triu order breaks ties 5' first
     paired = np.zeros(length, dtype=bool)
     chosen = []
     for a, b in zip(i[order], j[order]):

@@ -19,3 +19,12 @@ GPU_MAX_TOKENS = 16_384
 #: Pair cells (batch size x L x L) per structure-head batch: batching pays off on GPUs, not CPUs.
 CPU_MAX_PAIRS = 2**16
 GPU_MAX_PAIRS = 2**22
+
+#: Longest RNA ``protrna fold`` gives the structure head whole, and the length of the head's
+#: windows over longer ones (:mod:`.long_rnas`). The released head was trained on bpRNA-1m TR0,
+#: whose 10,814 RNAs are 33-498 nt long (VL0 and TS0: at most 497 and 499 nt): 500 covers every
+#: length it learnt from and none it did not.
+DEFAULT_MAX_SPAN = 500
+
+#: Pairs of long RNAs at or below this probability are left out of the files (``--pair-floor``).
+DEFAULT_PAIR_FLOOR = 1e-3
