@@ -131,25 +131,32 @@ def build_models(workdir: Path, layers: int) -> tuple[Path, Path]:
                     parameter.add_(0.1 * torch.randn_like(parameter))
         model.save_pretrained(model_dir)
     if not esm_file.exists():
-        state = load_file(str(model_dir / "model.safetensors"))
-        head_dim = 1280 // 20
-        inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
-        converted = {}
-        for key, value in state.items():
-            # transformers 5 writes the blocks' LayerNorms as gamma/beta; esm.cpp reads weight/bias
-            key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
-            converted[key] = value.contiguous()
-        for i in range(layers):  # esm.cpp insists on the rotary buffer that fair-esm checkpoints carry
-            converted[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
-        embedding, bias = state["esm.embeddings.word_embeddings.weight"], state["lm_head.bias"]
-        rows, logit_bias = embedding[:33].clone(), bias[:33].clone()
-        for rna, protein in RNA_TO_PROTEIN_ID.items():
-            rows[protein], logit_bias[protein] = embedding[rna], bias[rna]
-        converted["esm.embeddings.word_embeddings.weight"] = (rows / TOKEN_DROPOUT_SCALE).contiguous()
-        converted["lm_head.decoder.weight"] = converted["esm.embeddings.word_embeddings.weight"].clone()
-        converted["lm_head.bias"] = (logit_bias / TOKEN_DROPOUT_SCALE).contiguous()
-        save_file(converted, str(esm_file))
+        config = json.loads((model_dir / "config.json").read_text())
+        head_dim = config["hidden_size"] // config["num_attention_heads"]
+        save_file(esm_cpp_state_dict(load_file(str(model_dir / "model.safetensors")), layers, head_dim), str(esm_file))
     return model_dir, esm_file
+
+
+def esm_cpp_state_dict(state: dict, layers: int, head_dim: int) -> dict:
+    """esm.cpp's 33-token copy of a saved ProtRNA state dict (see the module's docstring)."""
+    import torch
+
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, head_dim, 2).float() / head_dim))
+    converted = {}
+    for key, value in state.items():
+        # transformers 5 writes the blocks' LayerNorms as gamma/beta; esm.cpp reads weight/bias
+        key = key.replace("LayerNorm.gamma", "LayerNorm.weight").replace("LayerNorm.beta", "LayerNorm.bias")
+        converted[key] = value.contiguous()
+    for i in range(layers):  # esm.cpp insists on the rotary buffer that fair-esm checkpoints carry
+        converted[f"esm.encoder.layer.{i}.attention.self.rotary_embeddings.inv_freq"] = inv_freq.clone()
+    embedding, bias = state["esm.embeddings.word_embeddings.weight"], state["lm_head.bias"]
+    rows, logit_bias = embedding[:33].clone(), bias[:33].clone()
+    for rna, protein in RNA_TO_PROTEIN_ID.items():
+        rows[protein], logit_bias[protein] = embedding[rna], bias[rna]
+    converted["esm.embeddings.word_embeddings.weight"] = (rows / TOKEN_DROPOUT_SCALE).contiguous()
+    converted["lm_head.decoder.weight"] = converted["esm.embeddings.word_embeddings.weight"].clone()
+    converted["lm_head.bias"] = (logit_bias / TOKEN_DROPOUT_SCALE).contiguous()
+    return converted
 
 
 def quantize_for_esm_cpp(esm_file: Path, calibration: list[tuple[str, str]], alpha: float) -> dict:
