@@ -4,7 +4,7 @@
 variable-length batches, W8A8 INT8 with SmoothQuant). It is an optional benchmark dependency
 (``pip install 'protrna[bench]'``); nothing else in protrna needs it.
 
-Same weights for both engines. One random ProtRNA model of the full 650M shape (seed 0) is saved
+Same weights for both engines. One random ProtRNA model of the 650M width (seed 0) per depth is saved
 with ``save_pretrained``; esm.cpp reads only 33-token ESM-2 checkpoints ("vocab size mismatch:
 expected 33 got 38"), so the script writes a 33-token copy of the same weights for it: the
 transformer is unchanged and the five RNA token rows (a u g c x) take the slots of the protein
@@ -25,22 +25,28 @@ that the load of a shared machine hits all of them:
 * ``protrna-fp32``: what ``protrna embed`` runs: ``prepare_model``, oneDNN packing and
   :class:`~protrna.runtime.WindowedEncoder` with the CPU token budget.
 
-Workloads: a uniform batch (``--batch`` x ``--length`` nt, best of ``--repeats`` after a warm-up)
-and a variable-length set: ``--records`` TS0 RNAs taken at evenly spaced ranks of length (a
-stratified sample of all 1,305; the whole set is 180k tokens, ~10 min per engine and pass on a
-2-core CPU), one pass per round. Tokens/s count BOS/EOS and no padding.
+Workloads, at ``--layers`` blocks of the 650M width: a uniform batch (``--batch`` x ``--length``
+nt, best of ``--repeats`` after a warm-up) and a variable-length set: ``--records`` TS0 RNAs taken
+at evenly spaced ranks of length (a stratified sample of all 1,305, which are 180k tokens), one
+pass per round. Tokens/s count BOS/EOS and no padding. esm.cpp 0.2.1 has no AVX2 kernels (its
+reference scalar path runs at the same speed), so on an AVX2-only CPU one 650M pass over the
+uniform batch takes it ~13 min: there, run the workloads at ``--layers 1`` (every block has the
+same shape) and let the probe check full depth. When ``--probe-layers`` differs from
+``--layers``, protrna fp32 also runs both workloads at the probe's depth.
+
+The probe (``--probe-layers``, 33 by default): every engine, and ``protrna-bf16``, on one RNA of
+``--probe-length`` nt. bf16 is only a note there: on a CPU without AVX512-BF16 oneDNN refuses it
+and PyTorch's fallback kernels run it, so one short RNA shows the bound.
 
 Agreement (last round): final representations (after the last LayerNorm) of esm.cpp fp32 and
 INT8 against protrna fp32 (esm.cpp returns hidden states only from its one-sequence forward, so
-that is used for the uniform batch and the first ``--hidden-records`` of the set), and the logits
-of the timed packed forward against protrna's LM head on its representations.
+that is used for the first ``--hidden-records`` of each workload), and the logits of the timed
+packed forward against protrna's LM head on its representations.
 
-``protrna-bf16`` is only a note (``--bf16-note-length``): on a CPU without AVX-512 oneDNN refuses
-bf16 and PyTorch's fallback kernels run it, so one tiny batch shows the bound.
-
-    pip install 'protrna[bench]'
-    python benchmarks/bench_esm_cpp.py --json benchmarks/results/esm_cpp_cpu.json
-    python benchmarks/bench_esm_cpp.py --layers 2 --records 8 --rounds 1   # a quick look
+    pip install --no-deps 'esm-cpp>=0.2'     # the bench extra; it declares numpy<2, runs with 2
+    python benchmarks/bench_esm_cpp.py --layers 1 --records 16 --rounds 2 --repeats 2 \
+        --json benchmarks/results/esm_cpp_cpu.json                         # what BENCHMARKS.md ran
+    python benchmarks/bench_esm_cpp.py --layers 1 --probe-layers 0 --records 4 --rounds 1 --repeats 1  # a quick look
 """
 
 from __future__ import annotations
