@@ -94,3 +94,65 @@ def test_bench_long_fold_times_protrna_and_rnaplfold_on_the_same_rnas(tmp_path):
     assert long["peak_rss_gb"] >= long["rss_before_gb"] > 0 and long["listed_pairs"] > 0
     assert plfold["command"] == "RNAplfold -W 64 -L 63 -c 0.001" and 0 < plfold["max_span_listed"] <= 63
     assert "| 150 | protrna |" in done.stdout
+
+
+def _bench_esm_cpp():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_esm_cpp", BENCHMARKS / "bench_esm_cpp.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_esm_cpp_samples_ts0_across_lengths_and_calibrates_outside_the_sample(data_dir):
+    bench = _bench_esm_cpp()
+    ts0 = data_dir / "bprna" / "TS0.dbn"
+    chosen, calibration = bench.ts0_records(ts0, 16, 2)
+    everything, _ = bench.ts0_records(ts0, 10**9, 0)
+    lengths = sorted(len(s) for _, s in everything)
+    assert len(chosen) == 16 and len({name for name, _ in chosen}) == 16
+    assert min(len(s) for _, s in chosen) == lengths[0] and max(len(s) for _, s in chosen) == lengths[-1]
+    assert len(calibration) == 2 and not {n for n, _ in calibration} & {n for n, _ in chosen}
+    padding = bench.protrna_padding(chosen)
+    assert padding["tokens"] == sum(len(s) + 2 for _, s in chosen) < padding["tokens_after_padding"]
+
+
+def test_bench_esm_cpp_copy_of_the_weights_computes_what_protrna_computes(tmp_path):
+    """esm.cpp reads only 33-token ESM-2 files and always applies token-dropout scaling: the
+    benchmark's copy must still give protrna's representations and logits, RNA for RNA."""
+    esm_cpp = pytest.importorskip("esm_cpp")
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from protrna import ProtRNA, ProtRNAConfig
+
+    bench = _bench_esm_cpp()
+    torch.manual_seed(0)
+    # esm.cpp takes 64 channels per head; LayerNorms perturbed so that a misread one would show.
+    model = ProtRNA(ProtRNAConfig(num_layers=2, embed_dim=128, attention_heads=2)).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "LayerNorm" in name or "layer_norm" in name:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    model.save_pretrained(tmp_path / "model")
+    copy = bench.esm_cpp_state_dict(load_file(str(tmp_path / "model" / "model.safetensors")), 2, 64)
+    save_file(copy, str(tmp_path / "esm.safetensors"))
+    engine = esm_cpp.Model.load_from_safetensors(str(tmp_path / "esm.safetensors"))
+
+    sequences = ["GGACUNNCAUGCCA", "ACGUA"]
+    with torch.inference_mode():
+        out = model(model.alphabet.get_batch_converter()(sequences), repr_layers=[2])
+    columns = list(range(33))
+    for rna, protein in bench.RNA_TO_PROTEIN_ID.items():
+        columns[protein] = rna
+    packed = engine.forward_scheduled([bench.esm_cpp_ids(s) for s in sequences])
+    for row, sequence in enumerate(sequences):
+        n = len(sequence) + 2
+        ids = bench.esm_cpp_ids(sequence)
+        _, states = engine.forward_with_hidden_states(ids)
+        expected = out["representations"][2][row, :n].numpy()
+        assert np.abs(states[-1] - expected).max() < 1e-4 * np.abs(expected).max()
+        logits = out["logits"][row, :n, columns].numpy()
+        assert np.abs(packed[row] * bench.TOKEN_DROPOUT_SCALE - logits).max() < 1e-4 * np.abs(logits).max()
