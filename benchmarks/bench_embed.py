@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -35,23 +34,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 VARIANTS = ("load", "hf-fp32", "protrna-fp32", "protrna-bf16")
-
-
-def hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def random_sequences(batch: int, length: int, seed: int = 0) -> list[str]:
@@ -191,7 +176,7 @@ def main() -> None:
         print(f"# {variant}: {rows[-1]}", file=sys.stderr)
 
     base = next((r["tokens_per_s"] for r in rows if r["variant"] == "hf-fp32"), None)
-    print(f"Hardware: {hardware()}")
+    print(f"Hardware: {describe()}")
     print(f"Model: {args.layers} blocks x 1280 (ESM-2 650M shape), batch {args.batch} x {args.length + 2} tokens\n")
     for r in rows:
         if r["variant"] == "load":
@@ -208,7 +193,7 @@ def main() -> None:
         print(f"| {r['variant']} | {speed:.0f} | {ratio} | {r['seconds']:.3g} | {r.get('peak_gpu_gb', r['peak_rss_gb']):.2f} |")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"hardware": hardware(), "args": vars(args) | {"workdir": str(args.workdir),
+        args.json.write_text(json.dumps({"hardware": describe(), "args": vars(args) | {"workdir": str(args.workdir),
                                          "json": str(args.json)}, "results": rows}, indent=2))
 
 

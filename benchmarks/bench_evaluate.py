@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_embed import build_model, hardware  # noqa: E402
+from bench_embed import build_model  # noqa: E402
+from machine import describe  # noqa: E402
 
 from protrna.evaluate import evaluate_predictor  # noqa: E402
 from protrna.runtime import load_predictor  # noqa: E402
@@ -80,7 +81,7 @@ def main() -> None:
         "dtype": args.dtype, "load_seconds": load_seconds, "lm_seconds": lm_time.seconds,
         "head_and_scoring_seconds": head_seconds, "total_seconds": total,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-        "hardware": hardware(),
+        "hardware": describe(),
     }
     if predictor.lm.device.type == "cuda":
         result["peak_gpu_gb"] = torch.cuda.max_memory_allocated(predictor.lm.device) / 2**30

@@ -24,27 +24,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import random
 import resource
 import time
 
-
-def hardware() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 
 def main() -> None:
@@ -88,7 +72,7 @@ def main() -> None:
         results.append(result)
         print(json.dumps(result), flush=True)
     report = {
-        "hardware": hardware(), "args": vars(args), "packed_onednn": packed,
+        "hardware": describe(), "args": vars(args), "packed_onednn": packed,
         "onednn_bf16": onednn_supports(torch.bfloat16), "max_tokens": scorer.max_tokens,
         "parameters": sum(p.numel() for p in model.parameters()),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "results": results,

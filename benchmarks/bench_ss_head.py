@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -37,30 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
+
 #: The original TensorFlow head on the reference CPU: L -> (seconds, peak GB).
 ORIGINAL_TF = {150: (3.4, 0.8), 300: (15.2, 2.5), 500: (44.3, 6.8)}
-
-
-def hardware(device: str = "cpu") -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        flags = ", ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name(device)}" if device.startswith("cuda") else ""
-    return f"{cpu} ({flags}), {os.cpu_count()} cores{gpu}, torch {torch.__version__}"
 
 
 def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: int, chunk_size: int | None,
@@ -199,11 +178,11 @@ def main(argv: list[str] | None = None) -> None:
         rows = results
 
     command = "python benchmarks/bench_ss_head.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(f"Hardware: {hardware(args.device)}; {args.threads} threads\n")
+    print(f"Hardware: {describe(args.device)}\n")
     print(f"Command: `{command.strip()}`\n")
     print(table(rows))
     if args.json:
-        args.json.write_text(json.dumps({"hardware": hardware(args.device), "command": command, "results": results}, indent=2))
+        args.json.write_text(json.dumps({"hardware": describe(args.device), "command": command, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

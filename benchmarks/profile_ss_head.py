@@ -39,7 +39,7 @@ from protrna import execution, kernels
 from protrna.heads.ss import RotaFormer, RotaFormerConfig
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_ss_head import hardware  # noqa: E402 - after the path is set
+from machine import describe as hardware  # noqa: E402 - after the path is set
 
 #: Profiler op names (self time) by kind; anything else is "other element-wise".
 KINDS = {
