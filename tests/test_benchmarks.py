@@ -92,6 +92,7 @@ def test_bench_long_fold_times_protrna_and_rnaplfold_on_the_same_rnas(tmp_path):
     assert long["windows"] == 4 and short["windows"] == 1  # 150 nt: (0, 64) (32, 96) (64, 128) (86, 150)
     assert 0 < long["head_seconds"] <= long["seconds"] and long["lm_seconds"] > 0
     assert long["peak_rss_gb"] >= long["rss_before_gb"] > 0 and long["listed_pairs"] > 0
+    assert long["fold_peak_rss_gb"] is None or 0 < long["fold_peak_rss_gb"] <= long["peak_rss_gb"] + 0.01
     assert plfold["command"] == "RNAplfold -W 64 -L 63 -c 0.001" and 0 < plfold["max_span_listed"] <= 63
     assert "| 150 | protrna |" in done.stdout
 
