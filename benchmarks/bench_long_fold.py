@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import resource
 import subprocess
@@ -43,21 +42,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def hardware() -> str:
-    import torch
-
-    cpu, flags = platform.processor() or "unknown CPU", ""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            first_cpu = handle.read().split("\n\n")[0].splitlines()
-        info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first_cpu if ":" in line)}
-        cpu = info.get("model name", cpu)
-        present = set(info.get("flags", "").split())
-        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in present)
-    except OSError:
-        pass
-    return f"{cpu} ({flags or 'no AVX2'}), {os.cpu_count()} cores, torch {torch.__version__}"
+from machine import describe  # noqa: E402  (benchmarks/machine.py, beside this script)
 
 
 def random_rna(length: int) -> str:
@@ -246,7 +231,7 @@ def main() -> None:
                   file=sys.stderr, flush=True)
             if args.json:  # written as it goes: a long run keeps what it measured
                 args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps({"hardware": hardware(), "command": command, "results": results},
+                args.json.write_text(json.dumps({"hardware": describe(), "command": command, "results": results},
                                                 indent=2) + "\n")
     print(table(results))
 
