@@ -90,6 +90,8 @@ def measure_protrna(args: argparse.Namespace, length: int) -> dict:
     torch.manual_seed(0)
     lm = ProtRNA(ProtRNAConfig(num_layers=args.lm_layers, embed_dim=args.lm_dim, attention_heads=args.lm_heads))
     lm = prepare_model(lm, args.dtype, args.device)
+    # Counted before packing: the packed linear layers keep their weights outside parameters().
+    lm_parameters = sum(p.numel() for p in lm.parameters())
     head = prepare_head(RotaFormer(RotaFormerConfig(input_dim=args.lm_dim, num_blocks=args.head_blocks)), like=lm)
     pack_if_owned(lm, owned=True, max_tokens=1536)  # as `protrna fold` packs the model it loads
     predictor = StructurePredictor(lm, head, max_span=args.max_span)
@@ -132,7 +134,7 @@ def measure_protrna(args: argparse.Namespace, length: int) -> dict:
         "length": length,
         "dtype": args.dtype,
         "device": args.device,
-        "lm": f"{args.lm_layers} layers x {args.lm_dim}, {sum(p.numel() for p in lm.parameters()) / 1e6:.0f}M parameters",
+        "lm": f"{args.lm_layers} layers x {args.lm_dim}, {lm_parameters / 1e6:.0f}M parameters",
         "head_blocks": args.head_blocks,
         "max_span": args.max_span,
         "threshold": args.threshold,
