@@ -500,12 +500,7 @@ def plot_by_length(report: Mapping, path: str | Path) -> Path:
         axis.set_title(f"{name} ({report['sets'][name]['n']} RNAs)", fontsize=10)
         axis.grid(alpha=0.3)
         axis.legend(fontsize=7, loc="lower left")
-    for axis in axes[len(sets):]:
-        axis.set_visible(False)
-    figure.suptitle("strict F1 by RNA length (nt)")
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    return path
+    return _save_panels(figure, axes[len(sets):], "strict F1 by RNA length (nt)", path)
 
 
 def plot_reliability(report: Mapping, path: str | Path) -> Path | None:
@@ -539,12 +534,7 @@ def plot_reliability(report: Mapping, path: str | Path) -> Path | None:
         axis.set_ylabel("fraction that are reference pairs", fontsize=8)
         axis.set_title(name, fontsize=10)
         axis.legend(fontsize=7, loc="upper left")
-    for axis in axes[len(sets):]:
-        axis.set_visible(False)
-    figure.suptitle("pair-probability reliability (diagonal: calibrated)")
-    path = Path(path)
-    figure.savefig(path, dpi=110)
-    return path
+    return _save_panels(figure, axes[len(sets):], "pair-probability reliability (diagonal: calibrated)", path)
 
 
 def _write_tsv(rows: Sequence[Mapping], path: Path) -> None:
@@ -714,3 +704,13 @@ def run_from_args(args) -> int:
     print(format_text_table(report))
     print(f"report: {Path(args.report) / 'report.md'}")
     return 0
+
+
+def _save_panels(figure, unused_axes, title: str, path: str | Path) -> Path:
+    """Hide the grid's panels that no set filled, title the figure and write it."""
+    for axis in unused_axes:
+        axis.set_visible(False)
+    figure.suptitle(title)
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    return path
