@@ -107,7 +107,8 @@ def test_a_rerun_resumes_record_by_record(slices, tmp_path, monkeypatch, capsys)
     capsys.readouterr()
     assert main(args) == 2
     error = capsys.readouterr().err
-    assert "RNAfold.jsonl holds rows computed with other settings" in error and "0.0" in error
+    assert "RNAfold.jsonl was started with other settings: version (then '0.0', now " in error
+    assert cache.read_text() == json.dumps(settings) + "\n"  # the refusal leaves the file as it was
 
 
 def test_prediction_files_are_matched_per_set_with_their_confidence(slices, tmp_path):

@@ -39,6 +39,7 @@ from . import __version__
 from .confidence import CONFIDENCE_COLUMNS, Reliability, correlation, expected_accuracy, read_confidence_table
 from .metrics import METRICS, mean_scores, score
 from .runtime.paths import check_output_folder, make_folder
+from .runtime.resume import LineJournal, check_same_run, write_atomic
 from .structure import BasePairs, StructureError, StructureRecord, check_nucleotides, decode_matrix, read_reference
 
 logger = logging.getLogger(__name__)
@@ -236,40 +237,29 @@ def _row(reference: StructureRecord, predicted: Predicted, seconds: float) -> di
     return row
 
 
-def _read_jsonl(path: Path, settings: Mapping) -> dict[str, dict]:
-    """Rows of an earlier run of the same settings; a torn last line is dropped. Other settings
-    raise ``ValueError`` (delete the file, or use another report folder)."""
-    if not path.exists():
-        return {}
-    rows: dict[str, dict] = {}
-    with open(path, encoding="utf-8") as handle:
-        lines = handle.read().split("\n")
+def _json_row(line: str) -> dict | None:
     try:
-        first = json.loads(lines[0])[_SETTINGS_KEY]
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # a torn last line, as a kill mid-write leaves
+    return row if isinstance(row, dict) and "id" in row else None
+
+
+def _read_cache(journal: LineJournal, settings: Mapping) -> dict[str, dict]:
+    """Rows of an earlier run of the same settings (a torn tail is cut off); other settings
+    raise :class:`~protrna.runtime.resume.OtherRunError` naming what changed, before anything in
+    the file is touched."""
+    if not journal.exists():
+        return {}
+    with open(journal.path, encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        recorded = json.loads(first)[_SETTINGS_KEY]
     except (json.JSONDecodeError, KeyError, TypeError):
-        raise ValueError(f"{path}: not a report cache (no settings line); delete it to start over") from None
-    if first != settings:
-        differing = {k: (first.get(k), settings.get(k)) for k in sorted(set(first) | set(settings))
-                     if first.get(k) != settings.get(k)}
-        raise ValueError(f"{path} holds rows computed with other settings (then, now: {differing}); delete it "
-                         "or choose another --report folder")
-    for line in lines[1:]:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a torn last line, as a kill mid-write leaves
-        rows[row["id"]] = row
-    return rows
-
-
-def _start_jsonl(path: Path, settings: Mapping, rows: Iterable[dict]):
-    scratch = path.with_name(path.name + ".tmp")
-    with open(scratch, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps({_SETTINGS_KEY: settings}) + "\n")
-        for row in rows:
-            handle.write(json.dumps(row) + "\n")
-    os.replace(scratch, path)
-    return open(path, "a", encoding="utf-8")
+        raise ValueError(f"{journal.path}: not a report cache (no settings line); delete it to start over") from None
+    check_same_run(journal.path, recorded, settings, finished=False)
+    _, records = journal.read(accept=lambda record: _json_row(record[0]) is not None)
+    return {row["id"]: row for row in (_json_row(record[0]) for record in records)}
 
 
 def score_set(
@@ -293,11 +283,13 @@ def score_set(
     if output_dir is not None and predictor.cached:
         folder = Path(output_dir) / _file_name(reference_set.name)
         folder.mkdir(parents=True, exist_ok=True)
-        cache = folder / f"{_file_name(predictor.name)}.jsonl"
+        journal = LineJournal(folder / f"{_file_name(predictor.name)}.jsonl", header_lines=1)
         settings = {"reference": str(reference_set.path.resolve()), "reference_sha256": reference_set.digest,
                     **predictor.settings()}
-        rows = {k: v for k, v in _read_jsonl(cache, settings).items() if k in by_id}
-        sink = _start_jsonl(cache, settings, rows.values())
+        rows = {k: v for k, v in _read_cache(journal, settings).items() if k in by_id}
+        # Rewritten whole (rows of records no longer in the set dropped), then appended to.
+        journal.start([json.dumps({_SETTINGS_KEY: settings})], ([json.dumps(row)] for row in rows.values()))
+        sink = journal.appending()
         if rows:
             logger.info("%s on %s: %d of %d records from an earlier run", predictor.name, reference_set.name,
                         len(rows), len(by_id))
@@ -313,8 +305,7 @@ def score_set(
                 row = _row(reference, predicted, now - start)
                 rows[predicted.id] = row
                 if sink is not None:
-                    sink.write(json.dumps(row) + "\n")
-                    sink.flush()
+                    sink.append([json.dumps(row)])
                 bar.update(1)
                 start = time.perf_counter()
     finally:
@@ -620,9 +611,7 @@ def build_report(
 def _write_report(report: Mapping, output_dir: Path) -> None:
     for name, text in (("report.json", json.dumps(_nan_to_none(report), indent=2) + "\n"),
                        ("report.md", format_markdown(report))):
-        scratch = output_dir / f".{name}.tmp"
-        scratch.write_text(text, encoding="utf-8")
-        os.replace(scratch, output_dir / name)
+        write_atomic(output_dir / name, text)
 
 
 def format_text_table(report: Mapping) -> str:

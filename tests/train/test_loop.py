@@ -136,3 +136,17 @@ def test_fsdp_settings_fall_back_to_ddp_without_gpus(tmp_path, monkeypatch, capl
         accelerator = make_accelerator(TrainConfig(tmp_path))
     assert not accelerator.is_fsdp2 and accelerator.distributed_type.value in ("NO", "MULTI_CPU")
     assert "plain DDP" in caplog.text
+
+
+def test_a_resume_cuts_the_log_line_a_kill_tore(tmp_path):
+    batch = mlm_batch(["acguacgu"])
+    config = TrainConfig(tmp_path, max_steps=2, warmup_steps=0, log_every=1, save_every=2)
+    train(config, make_accelerator(config), transfer_model(), forever(batch), mlm_loss)
+    log = tmp_path / "log.jsonl"
+    lines = log.read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    log.write_text("\n".join(lines) + "\n" + lines[-1][:10])  # a kill in the middle of a third record
+    resumed = TrainConfig(tmp_path, max_steps=3, warmup_steps=0, log_every=1, save_every=2, resume=True)
+    train(resumed, make_accelerator(resumed), transfer_model(), forever(batch), mlm_loss)
+    assert [record["step"] for record in read_log(log)] == [1, 2, 3]
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["max_steps"] == 3

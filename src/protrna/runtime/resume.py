@@ -1,5 +1,6 @@
-"""The one resume mechanism of the jobs (``embed``, ``fold``, ``evaluate --per-sequence``,
-``score`` and the training feature cache).
+"""The one resume mechanism of the jobs (``embed``, ``fold``, ``evaluate --per-sequence`` and
+``--report``'s row caches, ``score``, the training feature cache, and the training loop's
+``log.jsonl`` and ``run.json``; the loop's checkpoints are accelerate's).
 
 A job that can be interrupted works like this:
 

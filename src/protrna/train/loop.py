@@ -41,6 +41,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..runtime.resume import LineJournal, write_atomic
 from .checkpoint import frozen_fingerprint, latest_checkpoint, load_checkpoint, save_checkpoint
 from .schedule import warmup_cosine_lr
 
@@ -261,14 +262,21 @@ class JsonlLog:
                 handle.write(json.dumps(record) + "\n")
 
     def truncate(self, last_step: int) -> None:
-        """Drop records after ``last_step`` (steps a resumed run will redo); atomic rewrite."""
+        """Drop records after ``last_step`` (steps a resumed run will redo), and a line torn by a
+        kill mid-write; the file is rewritten through a rename (:mod:`protrna.runtime.resume`)."""
         if not self.enabled or not self.path.exists():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line)["step"] <= last_step]
-        temporary = self.path.with_suffix(".jsonl.tmp")
-        temporary.write_text("".join(line + "\n" for line in kept))
-        temporary.replace(self.path)
+        journal = LineJournal(self.path)
+        _, records = journal.read(accept=lambda record: _log_step(record[0]) is not None)
+        journal.start([], [record for record in records if _log_step(record[0]) <= last_step])
+
+
+def _log_step(line: str) -> int | None:
+    try:
+        step = json.loads(line).get("step")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return step if isinstance(step, int) else None
 
 
 def check_run_dir(config: TrainConfig) -> None:
@@ -336,7 +344,7 @@ def train(
         # Different dropout draws on each process; the data streams are seeded by their owners.
         set_seed(config.seed + accelerator.process_index)
     if accelerator.is_main_process:  # only now: a refused resume leaves the run's record as it was
-        (config.output_dir / "run.json").write_text(json.dumps(run_info, indent=2, default=str) + "\n")
+        write_atomic(config.output_dir / "run.json", json.dumps(run_info, indent=2, default=str) + "\n")
     log.truncate(step)
     resumed_at = step
     facts = {"fingerprint": fingerprint, "run_info": run_info}
