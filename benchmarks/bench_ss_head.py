@@ -43,7 +43,7 @@ ORIGINAL_TF = {150: (3.4, 0.8), 300: (15.2, 2.5), 500: (44.3, 6.8)}
 
 
 def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: int, chunk_size: int | None,
-            logits_path: str | None, device: str = "cpu") -> dict:
+            logits_path: str | None, device: str = "cpu", chunk_threads: int | None = None) -> dict:
     """Runs inside the child process."""
     import numpy as np
     import torch
@@ -57,6 +57,7 @@ def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: in
     head = RotaFormer(RotaFormerConfig(num_blocks=blocks)).eval()
     representations = torch.randn(1, length + 2, head.config.input_dim).to(device)
     head = head.to(device=device, dtype=dtype)
+    head.chunk_threads = chunk_threads  # None: the automatic choice (protrna.execution.pair_logits)
     on_gpu = torch.device(device).type == "cuda"
     synchronize = torch.cuda.synchronize if on_gpu else (lambda: None)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
@@ -80,6 +81,7 @@ def measure(length: int, dtype_name: str, repeats: int, threads: int, blocks: in
         "threads": threads,
         "blocks": blocks,
         "chunk_size": chunk_size,
+        "chunk_threads": chunk_threads,
         "kernels": "fused" if fused else "pytorch",
         "seconds": min(seconds[1:] or seconds),  # --repeats 0: the one, cold, run
         "all_seconds": [round(s, 3) for s in seconds],
@@ -99,6 +101,8 @@ def run_child(args: argparse.Namespace, length: int, dtype: str, logits_path: st
     ]  # fmt: skip
     if args.chunk_size:
         command += ["--chunk-size", str(args.chunk_size)]
+    if args.chunk_threads:
+        command += ["--chunk-threads", str(args.chunk_threads)]
     env = dict(os.environ, PROTRNA_NO_EXTENSION="1") if kernels == "pytorch" else None
     done = subprocess.run(command, capture_output=True, text=True, check=False, env=env)  # stderr raised below
     if done.returncode != 0:
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
     parser.add_argument("--blocks", type=int, default=12, help="Evoformer blocks (12 = the released head)")
     parser.add_argument("--chunk-size", type=int, default=None, help="rows per chunk (default: automatic)")
+    parser.add_argument("--chunk-threads", type=int, default=None,
+                        help="CPU chunk threads (1: PyTorch's intra-op threads; default: automatic by length)")
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
     parser.add_argument("--kernels", nargs="+", choices=["fused", "pytorch"], default=["fused"],
                         help="CPU non-matrix kernels: compiled (fused, the default) and/or PyTorch's")  # fmt: skip
@@ -146,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.child:
         result = measure(args.lengths[0], args.dtypes[0], args.repeats, args.threads, args.blocks,
-                         args.chunk_size, args.save_logits, args.device)  # fmt: skip
+                         args.chunk_size, args.save_logits, args.device, args.chunk_threads)  # fmt: skip
         print(json.dumps(result))
         return
 
