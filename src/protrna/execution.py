@@ -67,6 +67,12 @@ SDPA_ON_CPU = False
 # (fp32 at L = 50 and 150: 0.17 / 1.64 s against 0.26 / 1.75 s). From L = 200 the two were within
 # the run-to-run noise (+-10 %), and chunk threads degrade less when another process holds a core.
 CHUNK_THREADS_MIN_LENGTH = 176
+# With the fused kernels (protrna.kernels) the non-matrix work runs on the chunk threads with the
+# GIL released, but on one core when PyTorch threads the rest: chunk threads pay off sooner. On
+# the 2-core AVX2 CPU in float32 (12 blocks, best of 3, two rounds; BENCHMARKS.md) chunk threads
+# took 0.53-0.57 / 1.43-1.46 / 3.4-4.3 s at L = 50 / 100 / 150, intra-op threads 0.42-0.46 /
+# 1.50-1.55 / 4.3-5.3 s.
+CHUNK_THREADS_MIN_LENGTH_FUSED = 96
 
 
 # ---- the whole head ----------------------------------------------------------------------------
@@ -80,7 +86,8 @@ def pair_logits(
     ``x`` (B, L, D) in the head's dtype, ``mask`` (B, L) or None. CPU inference runs chunks of
     rows on ``head.chunk_threads`` threads, each op single-threaded; 1 leaves threading to
     PyTorch. None (the default): ``torch.get_num_threads()`` chunk threads for
-    L >= :data:`CHUNK_THREADS_MIN_LENGTH`, PyTorch's own threading below.
+    L >= :data:`CHUNK_THREADS_MIN_LENGTH_FUSED` with the fused kernels (else
+    :data:`CHUNK_THREADS_MIN_LENGTH`), PyTorch's own threading below.
     """
     if torch.is_grad_enabled():
         raise RuntimeError("the fast path updates tensors in place: call it under torch.inference_mode()")
@@ -88,10 +95,10 @@ def pair_logits(
     on_cpu = x.device.type == "cpu"
     threads = 1
     if on_cpu:
-        threads = head.chunk_threads or (torch.get_num_threads() if L >= CHUNK_THREADS_MIN_LENGTH else 1)
+        # built (once) or found here, not by the first chunk thread to need it
+        shortest = CHUNK_THREADS_MIN_LENGTH_FUSED if kernels.available() else CHUNK_THREADS_MIN_LENGTH
+        threads = head.chunk_threads or (torch.get_num_threads() if L >= shortest else 1)
     chunk_size = chunk_size or auto_chunk_size(L, head.config.pair_dim, threads, gpu=not on_cpu)
-    if on_cpu:
-        kernels.available()  # built (once) or found here, not by the first chunk thread to need it
     with keep_freed_memory() if on_cpu else contextlib.nullcontext():
         with cpu_inference(threads, head.dtype) if on_cpu else contextlib.nullcontext():
             m, z = embedding(head.embedding, x, chunk_size)

@@ -51,7 +51,8 @@ class RotaFormer(RotaFormerHead, SavedHead):
 
     CPU inference runs chunks of rows on ``head.chunk_threads`` threads, each op
     single-threaded; 1 leaves threading to PyTorch. None (the default): PyTorch's
-    ``torch.get_num_threads()`` chunk threads for L >= 176, PyTorch's own threading below.
+    ``torch.get_num_threads()`` chunk threads for L >= 96 (176 without the fused kernels),
+    PyTorch's own threading below.
     """
 
     model_type = MODEL_TYPE
