@@ -12,10 +12,10 @@ from pathlib import Path
 VECTOR_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
-def describe(device: str = "cpu") -> str:
-    import torch
-
-    cpu, flags = platform.processor() or "unknown CPU", []
+def describe_cpu() -> str:
+    """The CPU model, its vector extensions and cores; no torch needed (the original
+    TensorFlow code's benchmark runs in an environment without it)."""
+    cpu = platform.processor() or "unknown CPU"
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -25,9 +25,14 @@ def describe(device: str = "cpu") -> str:
             cpu = line.split(":", 1)[1].strip()
             break
     flags = [flag for flag in VECTOR_FLAGS if f" {flag}" in text]
+    return f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores"
+
+
+def describe(device: str = "cpu") -> str:
+    import torch
+
     if device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(device)
     else:
         gpu = "no GPU" if not torch.cuda.is_available() else f"GPU unused ({torch.cuda.get_device_name()})"
-    return (f"{cpu} ({', '.join(flags) or 'no AVX2'}), {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads")
+    return f"{describe_cpu()}, {gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"

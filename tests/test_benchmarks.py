@@ -5,6 +5,7 @@ against the current package and that what it reports is consistent.
 """
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -157,3 +158,49 @@ def test_bench_esm_cpp_copy_of_the_weights_computes_what_protrna_computes(tmp_pa
         assert np.abs(states[-1] - expected).max() < 1e-4 * np.abs(expected).max()
         logits = out["logits"][row, :n, columns].numpy()
         assert np.abs(packed[row] * bench.TOKEN_DROPOUT_SCALE - logits).max() < 1e-4 * np.abs(logits).max()
+
+
+def test_bench_original_tf_sets_protrna_runs_against_the_original_of_the_same_case(tmp_path):
+    """The summary pairs each case's rounds by engine; the original's JSON here is written by
+    hand in that script's format (its own runs need TensorFlow: see the next test)."""
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for round_ in (1, 2):
+        run_script("bench_ss_head.py", "--lengths", "12", "--blocks", "1", "--repeats", "0", "--threads", "1",
+                   "--dtypes", "fp32", "--json", str(runs / f"protrna_head_L12_r{round_}.json"), cwd=tmp_path)  # fmt: skip
+    original = [{"part": "head", "length": 12, "seconds": s, "peak_rss_gb": 0.5} for s in (40.0, 30.0)]
+    (runs / "original_head_L12.json").write_text(json.dumps({"results": original}))
+    # A case with no protrna run is left out rather than shown half-empty.
+    (runs / "original_head_L99.json").write_text(json.dumps({"results": [original[0] | {"length": 99}]}))
+    protrna = [json.loads((runs / f"protrna_head_L12_r{r}.json").read_text())["results"][0] for r in (1, 2)]
+
+    table = run_script("bench_original_tf.py", "--summarise", str(runs), cwd=tmp_path).stdout
+    (row,) = [line for line in table.splitlines() if line.startswith("| head")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[0] == "head, L = 12 (s)" and cells[1] == "40 / 30"
+    assert cells[2] == " / ".join(f"{r['seconds']:.3g}" for r in protrna)
+    assert cells[3] == f"{30.0 / min(r['seconds'] for r in protrna):.2f}x"
+    assert cells[4] == f"0.50 / {max(r['peak_rss_gb'] for r in protrna):.2f}"
+
+
+def test_bench_original_tf_names_what_it_needs(tmp_path):
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench_original_tf.py"), "--original", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 2 and "checkout of github.com/roxie-zhang/ProtRNA" in done.stderr
+
+
+@pytest.mark.skipif(not (os.environ.get("PROTRNA_TF_PYTHON") and os.environ.get("PROTRNA_ORIGINAL")),
+                    reason="set PROTRNA_TF_PYTHON (a python with tensorflow 2.14) and PROTRNA_ORIGINAL (a checkout "
+                    "of github.com/roxie-zhang/ProtRNA) to run the original TensorFlow code")  # fmt: skip
+def test_bench_original_tf_times_the_original_head_and_language_model(tmp_path):
+    out = tmp_path / "original.json"
+    done = subprocess.run([os.environ["PROTRNA_TF_PYTHON"], str(BENCHMARKS / "bench_original_tf.py"),
+                           "--original", os.environ["PROTRNA_ORIGINAL"], "--lengths", "12", "--lm", "--lm-batch", "2",
+                           "--lm-length", "10", "--repeats", "1", "--json", str(out)],
+                          capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    head, lm = json.loads(out.read_text())["results"]
+    assert head["part"] == "head" and head["length"] == 12 and len(head["all_seconds"]) == 2
+    assert lm["part"] == "lm" and lm["tokens"] == 2 * 12
+    assert lm["tokens_per_second"] == pytest.approx(lm["tokens"] / lm["seconds"])
+    assert 0 < head["peak_rss_gb"] < lm["peak_rss_gb"]  # the 650M model's weights
